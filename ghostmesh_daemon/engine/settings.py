@@ -1,0 +1,71 @@
+"""Optimizer settings and the two presets. Plain data: the CLI, the config file and the plugins
+all end up here, so every limit a report states comes from one place."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+Mode = Literal["tanh", "pgd"]
+Preset = Literal["stealth", "panic"]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything that changes what the optimizer writes.
+
+    Limits are fractions: ``noise_limit`` of the [0, 1] pixel range, ``flow_limit`` of the image's
+    longer side. ``lpips_budget`` is the whole-photo LPIPS hinge, ``face_lpips_budget`` the hinge on
+    each face crop (a whole-photo budget alone lets a face be visibly reshaped).
+    """
+
+    targets: tuple[str, ...] = ("auto",)
+    mode: Mode = "tanh"
+    preset: Preset = "stealth"
+    steps: int = 120
+    noise_limit: float = 0.05
+    flow_limit: float = 0.01
+    lpips_budget: float = 0.05
+    face_lpips_budget: float = 0.03
+    vertical_weight: float = 30.0
+    identity_weight: float = 1.0
+    lpips_weight: float = 30.0
+    learning_rate: float = 0.05
+    flow_grid: int = 32
+    work_size: int = 1024
+    lpips_size: int = 512
+    face_view_size: int = 320
+    eot_samples: int = 0
+    face_goal: float | None = None
+    image_goal: float | None = None
+    seed: int = 0
+    device: str = "auto"
+
+    def limits(self) -> dict[str, float]:
+        return {
+            "noise_limit": self.noise_limit,
+            "flow_limit": self.flow_limit,
+            "lpips_budget": self.lpips_budget,
+            "face_lpips_budget": self.face_lpips_budget,
+        }
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+
+#: Preset defaults. ``stealth`` (default): 1 % flow limit and a penalty on vertical flow (vertical
+#: warps read as "droopy eyes"). ``panic``: the seed's 3 % flow limit, no vertical penalty, more steps.
+PRESETS: dict[str, dict] = {
+    "stealth": {"flow_limit": 0.01, "vertical_weight": 30.0, "steps": 120},
+    "panic": {"flow_limit": 0.03, "vertical_weight": 0.0, "steps": 200},
+}
+
+
+def settings_for(preset: Preset = "stealth", **overrides) -> EngineSettings:
+    """Settings for ``preset`` with explicit ``overrides`` (``None`` values mean "preset default")."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return replace(EngineSettings(preset=preset), **values)

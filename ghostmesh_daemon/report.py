@@ -1,0 +1,76 @@
+"""The per-photo report (design.md's contract): one JSON object per photo.
+
+Every adapter (CLI ``protect`` and ``verify``, the daemon's ledger and status, the plugins) emits
+these same entries, so a user can compare numbers wherever they came from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import ENGINE_VERSION
+
+Status = Literal["ok", "failed", "skipped"]
+
+
+@dataclass
+class TargetResult:
+    """One target's numbers for one photo. ``items`` holds one dict per face (or one for the image)."""
+
+    name: str
+    cosine_before: list[float]
+    cosine_after: list[float]
+    distance_after: list[float]
+    goal: float
+    protected: list[bool]
+
+
+@dataclass
+class ReportEntry:
+    input: str
+    output: str | None
+    status: Status
+    reason: str | None = None
+    targets: list[str] = field(default_factory=list)
+    target_results: dict[str, TargetResult] = field(default_factory=dict)
+    faces: int | None = None
+    face_dlib_distance: list[float] = field(default_factory=list)
+    lpips: float | None = None
+    lpips_resolution: list[int] | None = None
+    face_lpips: list[float] = field(default_factory=list)
+    ssim: float | None = None
+    psnr: float | None = None
+    max_delta: float | None = None
+    max_flow_px: float | None = None
+    steps: int | None = None
+    seconds: float | None = None
+    device: str | None = None
+    engine_version: str = ENGINE_VERSION
+    preset: str | None = None
+    mode: str | None = None
+    limits: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    robustness: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def failed(cls, path: str | Path, reason: str, **kw: Any) -> "ReportEntry":
+        return cls(input=str(path), output=None, status="failed", reason=reason, **kw)
+
+    @classmethod
+    def skipped(cls, path: str | Path, reason: str, **kw: Any) -> "ReportEntry":
+        return cls(input=str(path), output=None, status="skipped", reason=reason, **kw)
+
+
+def write_report(entries: list[ReportEntry], dest: Path) -> None:
+    """Write the report as a JSON list (atomically: a crash leaves the previous report or none)."""
+    from .imaging.atomic import atomic_write_bytes
+
+    data = json.dumps([e.to_dict() for e in entries], indent=2, allow_nan=False).encode()
+    atomic_write_bytes(dest, data + b"\n")
