@@ -1,0 +1,97 @@
+"""Engine options shared by ``protect`` and ``run``, defined once so both commands spell and check
+them the same way, and so a value given on the command line always beats the config file.
+
+Every option defaults to ``None`` ("not given"): only what the user typed overrides the preset or
+the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping
+
+from ..engine.settings import PRESETS, EngineSettings, settings_for
+from ..errors import UsageError
+
+#: EngineSettings fields that have a command-line option (dest names match the field names).
+ENGINE_OPTION_FIELDS = (
+    "targets",
+    "mode",
+    "preset",
+    "steps",
+    "noise_limit",
+    "flow_limit",
+    "lpips_budget",
+    "device",
+    "seed",
+)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of target names, e.g. siglip,face")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value:g}")
+    return value
+
+
+def _device(text: str) -> str:
+    base = text.split(":", 1)[0]
+    if base not in DEVICES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DEVICES)} (or cuda:N), got {text!r}")
+    return text
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Add the engine options (all defaulting to ``None``: "keep the preset's or the file's value")."""
+    g = parser.add_argument_group("engine options")
+    g.add_argument("--targets", type=_targets, metavar="A,B", help="encoders to protect against (default: auto)")
+    g.add_argument("--mode", choices=("tanh", "pgd"), help="how the noise is bounded (default: tanh)")
+    g.add_argument("--preset", choices=tuple(PRESETS), help="stealth (default) or panic (stronger, more visible)")
+    g.add_argument("--steps", type=_positive_int, metavar="N", help="optimizer steps (default: the preset's)")
+    g.add_argument("--noise-limit", type=_fraction, metavar="F", help="max per-pixel noise (default: 0.05)")
+    g.add_argument("--flow-limit", type=_fraction, metavar="F", help="max warp, fraction of the image size")
+    g.add_argument("--lpips-budget", type=_fraction, metavar="F", help="perceptual budget (default: 0.05)")
+    g.add_argument("--device", type=_device, metavar="DEV", help="auto, cpu, cuda[:N] or mps (default: auto)")
+    g.add_argument("--seed", type=int, metavar="N", help="random seed (default: 0)")
+
+
+def engine_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine values the user actually gave on the command line."""
+    return {f: getattr(args, f) for f in ENGINE_OPTION_FIELDS if getattr(args, f, None) is not None}
+
+
+def engine_settings_from_args(
+    args: argparse.Namespace, base: Mapping[str, Any] | None = None
+) -> EngineSettings:
+    """EngineSettings from ``base`` (e.g. the config file's ``[engine]`` values) overridden by the
+    command line. The preset is applied first, so explicit values (file or flags) win over it."""
+    values: dict[str, Any] = {**(base or {}), **engine_overrides_from_args(args)}
+    preset = values.pop("preset", None) or "stealth"
+    if "targets" in values:
+        values["targets"] = tuple(values["targets"])
+    try:
+        return settings_for(preset, **values)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ghostmesh: invalid engine options: {e}") from None

@@ -1,0 +1,181 @@
+"""The tray icon: a thin adapter over the controller (the same one the CLI talks to).
+
+pystray is imported only when a tray is wanted, and only where a display exists; anything that
+stops it (no display, no backend, no X connection) makes the daemon run headless, and it says so
+once. The icon shows the state (idle, working, paused, error); the menu has a status line, "Paused"
+as a checked item (also the default action, i.e. a left click, where the backend has no menu), Open
+protected folder, Open log and Quit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from .controller import USER, Controller
+
+log = logging.getLogger("ghostmesh.daemon")
+
+COLOURS = {
+    "idle": (46, 160, 67),
+    "working": (31, 111, 235),
+    "paused": (210, 153, 34),
+    "error": (207, 34, 46),
+    "starting": (128, 128, 128),
+}
+
+
+def icon_image(state: str, size: int = 64):
+    """A round badge in the state's colour; paused gets two bars, error an exclamation mark."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    d = ImageDraw.Draw(img)
+    d.ellipse((2, 2, size - 3, size - 3), fill=COLOURS.get(state, COLOURS["starting"]) + (255,),
+              outline=(255, 255, 255, 255), width=max(1, size // 16))
+    w = size // 8
+    if state == "paused":
+        d.rectangle((size * 3 // 8 - w // 2, size // 4, size * 3 // 8 + w // 2, size * 3 // 4), fill="white")
+        d.rectangle((size * 5 // 8 - w // 2, size // 4, size * 5 // 8 + w // 2, size * 3 // 4), fill="white")
+    elif state == "error":
+        d.rectangle((size // 2 - w // 2, size // 5, size // 2 + w // 2, size * 3 // 5), fill="white")
+        d.rectangle((size // 2 - w // 2, size * 7 // 10, size // 2 + w // 2, size * 4 // 5), fill="white")
+    elif state == "working":
+        d.ellipse((size // 3, size // 3, size * 2 // 3, size * 2 // 3), fill="white")
+    return img
+
+
+def status_line(summary: dict[str, Any]) -> str:
+    state = summary.get("state", "starting")
+    queued = summary.get("queue", 0)
+    done = summary.get("done", 0)
+    if state == "paused":
+        why = ", ".join(summary.get("pause_reasons") or [])
+        return f"Paused ({why}): {queued} waiting"
+    if state == "working":
+        name = Path(summary.get("current") or "").name
+        return f"Protecting {name} ({queued} more waiting)"
+    if state == "error":
+        return f"Last photo failed: {done} protected, {queued} waiting"
+    if state == "idle":
+        return f"Idle: {done} protected"
+    return "Starting"
+
+
+def open_path(path: Path) -> None:
+    """Open a file or folder with the desktop's default application, without waiting for it."""
+    if sys.platform == "win32":
+        os.startfile(path)  # type: ignore[attr-defined]
+        return
+    opener = "open" if sys.platform == "darwin" else "xdg-open"
+    subprocess.Popen([opener, str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def display_problem(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
+    """Why no tray can be shown here (``None`` if one might be)."""
+    if sys.platform.startswith("linux") and not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")):
+        return "no display (DISPLAY and WAYLAND_DISPLAY are unset)"
+    return None
+
+
+class Tray:
+    """Create with :meth:`create`; :meth:`run` blocks (pystray wants the main thread) until :meth:`stop`."""
+
+    def __init__(
+        self,
+        pystray: Any,
+        controller: Controller,
+        *,
+        protected_folder: Path,
+        log_file: Path,
+        on_quit: Callable[[], None],
+        opener: Callable[[Path], None] = open_path,
+    ) -> None:
+        self.controller = controller
+        self.protected_folder = protected_folder
+        self.log_file = log_file
+        self._on_quit = on_quit
+        self._opener = opener
+        self._summary: dict[str, Any] = {"state": "starting"}
+        self._applied: dict[str, Any] | None = None
+        self._cond = threading.Condition()
+        self._stopped = False
+        item = pystray.MenuItem
+        self.menu = pystray.Menu(
+            item(lambda _: status_line(self._summary), None, enabled=False),
+            pystray.Menu.SEPARATOR,
+            item("Paused", self._toggle_pause, checked=lambda _: USER in (self._summary.get("pause_reasons") or []), default=True),
+            item("Open protected folder", lambda *_: self._open(self.protected_folder)),
+            item("Open log", lambda *_: self._open(self.log_file)),
+            pystray.Menu.SEPARATOR,
+            item("Quit", lambda *_: self._on_quit()),
+        )
+        self.icon = pystray.Icon("ghostmesh", icon_image("starting"), "Ghost Mesh: starting", self.menu)
+        controller.add_listener(self._on_summary)
+
+    @classmethod
+    def create(cls, controller: Controller, **kw: Any) -> "Tray | None":
+        """A tray, or ``None`` after logging once why the daemon runs headless."""
+        problem = display_problem()
+        if problem is None:
+            try:
+                import pystray  # lazy: it connects to the display at import time
+
+                return cls(pystray, controller, **kw)
+            except Exception as e:  # ImportError, Xlib's display errors, backend failures
+                problem = f"no tray backend ({type(e).__name__}: {e})".strip()
+        log.info("running headless: %s", problem)
+        return None
+
+    # --- controller side -----------------------------------------------------------------------
+
+    def _on_summary(self, summary: dict[str, Any]) -> None:
+        """Runs on the controller thread: only records, the tray's own thread applies it."""
+        with self._cond:
+            self._summary = summary
+            self._cond.notify_all()
+
+    def _toggle_pause(self, *_: Any) -> None:
+        # Unchecking "Paused" lifts the user's pause; rules (quiet hours, battery) keep holding.
+        if USER in (self._summary.get("pause_reasons") or []):
+            self.controller.resume(USER)
+        else:
+            self.controller.pause(USER)
+
+    def _open(self, path: Path) -> None:
+        try:
+            self._opener(path)
+        except Exception as e:
+            log.warning("cannot open %s: %s", path, e)
+
+    # --- tray side -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.icon.run(setup=self._apply_loop)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self.icon.stop()
+
+    def _apply_loop(self, icon: Any) -> None:
+        """pystray's setup thread: show the icon, then apply each new summary to it."""
+        icon.visible = True
+        while True:
+            with self._cond:
+                while not self._stopped and self._summary is self._applied:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                summary = self._applied = self._summary
+            state = summary.get("state", "starting")
+            icon.icon = icon_image(state)
+            icon.title = f"Ghost Mesh: {status_line(summary)}"
+            icon.update_menu()
