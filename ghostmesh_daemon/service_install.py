@@ -90,7 +90,7 @@ def current_platform() -> Platform:
 def template(name: str) -> Template:
     """A template from the package data; a missing one is an installation problem, said plainly."""
     try:
-        text = resources.files("ghostmesh_daemon").joinpath("service_templates", name).read_text("utf-8")
+        text = resources.files("ghostmesh_daemon").joinpath("service_templates").joinpath(name).read_text("utf-8")
     except (FileNotFoundError, OSError) as e:
         raise ServiceError(f"service template {name!r} is missing from the installed package: {e}") from e
     return Template(text)
