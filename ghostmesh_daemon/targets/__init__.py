@@ -6,5 +6,6 @@ from .registry import create_target, list_targets, register_target
 # Importing a target module registers it. Keep this list the only place that names them.
 from . import face_dlib as _face_dlib  # noqa: E402,F401
 from . import siglip as _siglip  # noqa: E402,F401
+from . import mobileface as _mobileface  # noqa: E402,F401
 
 __all__ = ["Target", "TargetInfo", "create_target", "list_targets", "register_target"]

@@ -120,7 +120,7 @@ def parse_graph_model(model_json: Mapping[str, Any], weight_data: bytes) -> Grap
         inputs = tuple(n["name"] for n in nodes if n["op"] == "Placeholder")
     if not outputs:
         consumed = {_node_name(i) for n in nodes for i in n.get("input", [])}
-        outputs = tuple(n["name"] for n in nodes if n["name"] not in consumed and n["op"] != "Const")
+        outputs = tuple(n["name"] for n in nodes if n["name"] not in consumed and n["op"] not in ("Const", "Placeholder"))
     return GraphModelSpec(nodes=nodes, constants=constants, inputs=inputs, outputs=outputs)
 
 
@@ -209,6 +209,8 @@ class TfjsGraph(nn.Module):
         super().__init__()
         if len(spec.inputs) != 1:
             raise GraphFormatError(f"expected one graph input, got {list(spec.inputs)}")
+        if output is None and len(spec.outputs) != 1:
+            raise GraphFormatError(f"the graph has outputs {list(spec.outputs)}: name the one to compute")
         self.input_name = spec.inputs[0]
         self.output_name = output or spec.outputs[0]
         by_name = {n["name"]: n for n in spec.nodes}
