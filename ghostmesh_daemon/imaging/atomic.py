@@ -7,6 +7,7 @@ name, never a partial one; the temporary is removed on every error path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -48,20 +49,38 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _publish_no_clobber(tmp: Path, dest: Path) -> None:
+    """Give ``tmp`` the name ``dest`` only if nothing has that name (FileExistsError otherwise)."""
+    try:
+        os.link(tmp, dest)  # atomic and never replaces an existing file
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network or FAT folders): check, then rename
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, "file exists", str(dest)) from None
+        os.replace(tmp, dest)
+        return
+    os.unlink(tmp)
+
+
 @contextlib.contextmanager
-def atomic_output(dest: Path) -> Iterator[Path]:
+def atomic_output(dest: Path, *, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on a clean exit make it ``dest`` atomically.
 
     The caller writes the whole file to the yielded path. On success the temporary is fsync'd,
-    renamed over ``dest`` (``os.replace``) and the folder is fsync'd. On any exception the temporary
-    is removed and nothing is created or changed under ``dest``.
+    renamed over ``dest`` (``os.replace``) and the folder is fsync'd. With ``replace=False`` an
+    existing ``dest`` is never replaced (``FileExistsError``), even one that appears meanwhile.
+    On any exception the temporary is removed and nothing is created or changed under ``dest``.
     """
     dest = Path(dest)
     tmp = temp_name(dest)
     try:
         yield tmp
         _fsync_file(tmp)
-        os.replace(tmp, dest)
+        if replace:
+            os.replace(tmp, dest)
+        else:
+            _publish_no_clobber(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
