@@ -7,6 +7,7 @@ input is missing.
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import json
@@ -327,3 +328,20 @@ def test_separates_same_and_different_people(target: MobileFaceTarget, people) -
     assert sum(d < threshold for d in same) >= len(same) - 1
     assert false_matches <= 0.1 * len(diff)  # ... at the cost of few false matches
     assert np.median(diff) > target.goal - 0.1  # the goal is where different people typically sit
+
+
+def test_gradient_matches_finite_differences(target: MobileFaceTarget) -> None:
+    """The interpreter's backward pass is the derivative of its forward pass (float64, one direction)."""
+    net64 = copy.deepcopy(target.net).double()  # a copy: the shared target stays float32
+    gen = torch.Generator().manual_seed(0)
+    x = (0.2 + 0.6 * torch.rand(1, 3, 112, 112, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    w = torch.randn(256, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 3, 112, 112, generator=gen, dtype=torch.float64)
+    (net64(x) @ w).sum().backward()
+    analytic = float((x.grad * v).sum())
+    # A tiny step: the network is piecewise linear (PReLU, no biases) with kinks so dense that steps of
+    # 1e-5..1e-3 already cross many of them (the difference quotient then swings between -3 and 29).
+    eps = 1e-7
+    with torch.no_grad():
+        numeric = float(((net64(x + eps * v) - net64(x - eps * v)) @ w).sum() / (2 * eps))
+    assert abs(analytic - numeric) <= 1e-4 * max(1.0, abs(numeric))

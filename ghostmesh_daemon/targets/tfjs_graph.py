@@ -187,7 +187,9 @@ def _conv_nhwc(x: Tensor, weight: Tensor, stride: tuple[int, int], dilation: tup
     return y.permute(0, 2, 3, 1)
 
 
-_Step = Callable[[list[Tensor]], Tensor]
+# A compiled node: (the module, its input tensors) -> output. Steps take the module as an argument
+# (never close over it) so that copies of the module (deepcopy, .double()) use their own buffers.
+_Step = Callable[[nn.Module, list[Tensor]], Tensor]
 
 
 class TfjsGraph(nn.Module):
@@ -276,7 +278,7 @@ class TfjsGraph(nn.Module):
             value = constants[name]
             if value.dtype.kind == "f":
                 key = self._buffer(name, value)
-                self._plan.append((slot, lambda _a, key=key: getattr(self, key), ()))
+                self._plan.append((slot, lambda m, _a, key=key: getattr(m, key), ()))
             return  # integer constants are read statically by the ops that take them
 
         def args(*idx: int) -> tuple[int, ...]:
@@ -284,27 +286,27 @@ class TfjsGraph(nn.Module):
 
         step: _Step
         if op == "Identity":
-            step, ins = (lambda a: a[0]), args(0)
+            step, ins = (lambda m, a: a[0]), args(0)
         elif op in ("Add", "AddV2"):
-            step, ins = (lambda a: a[0] + a[1]), args(0, 1)
+            step, ins = (lambda m, a: a[0] + a[1]), args(0, 1)
         elif op == "Sub":
-            step, ins = (lambda a: a[0] - a[1]), args(0, 1)
+            step, ins = (lambda m, a: a[0] - a[1]), args(0, 1)
         elif op == "Mul":
-            step, ins = (lambda a: a[0] * a[1]), args(0, 1)
+            step, ins = (lambda m, a: a[0] * a[1]), args(0, 1)
         elif op == "Maximum":
-            step, ins = (lambda a: torch.maximum(a[0], a[1])), args(0, 1)
+            step, ins = (lambda m, a: torch.maximum(a[0], a[1])), args(0, 1)
         elif op == "Minimum":
-            step, ins = (lambda a: torch.minimum(a[0], a[1])), args(0, 1)
+            step, ins = (lambda m, a: torch.minimum(a[0], a[1])), args(0, 1)
         elif op == "Pad":
             pads = self._static(constants, refs[1], node).astype(int)
             torch_pads = tuple(int(v) for pair in pads[::-1] for v in pair)  # last axis first
-            step, ins = (lambda a, p=torch_pads: F.pad(a[0], p)), args(0)
+            step, ins = (lambda m, a, p=torch_pads: F.pad(a[0], p)), args(0)
         elif op == "Reshape":
             shape = tuple(int(v) for v in self._static(constants, refs[1], node).reshape(-1))
-            step, ins = (lambda a, s=shape: a[0].reshape(s)), args(0)
+            step, ins = (lambda m, a, s=shape: a[0].reshape(s)), args(0)
         elif op == "MatMul":
             ta, tb = _attr_bool(node, "transpose_a"), _attr_bool(node, "transpose_b")
-            step = lambda a, ta=ta, tb=tb: (a[0].mT if ta else a[0]) @ (a[1].mT if tb else a[1])  # noqa: E731
+            step = lambda m, a, ta=ta, tb=tb: (a[0].mT if ta else a[0]) @ (a[1].mT if tb else a[1])  # noqa: E731
             ins = args(0, 1)
         elif op in ("Conv2D", "DepthwiseConv2dNative"):
             if _attr_str(node, "data_format", "NHWC") != "NHWC":
@@ -323,8 +325,8 @@ class TfjsGraph(nn.Module):
                 weight = torch.from_numpy(kernel.copy()).permute(2, 3, 0, 1).reshape(cin * cout, 1, kh, kw)
                 groups = cin
             key = self._buffer(name + "/torch_weight", weight.contiguous())
-            step = lambda a, key=key, s=strides, d=dilations, p=padding, g=groups: _conv_nhwc(  # noqa: E731
-                a[0], getattr(self, key), s, d, p, g
+            step = lambda m, a, key=key, s=strides, d=dilations, p=padding, g=groups: _conv_nhwc(  # noqa: E731
+                a[0], getattr(m, key), s, d, p, g
             )
             ins = args(0)
         else:  # pragma: no cover - guarded by SUPPORTED_OPS
@@ -336,7 +338,7 @@ class TfjsGraph(nn.Module):
         values: list[Tensor | None] = [None] * len(self._slots)
         values[self._slots[self.input_name]] = x
         for slot, step, ins in self._plan:
-            values[slot] = step([values[i] for i in ins])  # type: ignore[misc]
+            values[slot] = step(self, [values[i] for i in ins])  # type: ignore[misc]
         out = values[self._slots[self.output_name]]
         assert out is not None
         return out
