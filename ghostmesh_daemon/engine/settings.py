@@ -30,11 +30,12 @@ class EngineSettings:
     vertical_weight: float = 30.0
     identity_weight: float = 1.0
     lpips_weight: float = 30.0
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     flow_grid: int = 32
-    work_size: int = 1024
+    work_size: int = 768
+    whole_proxy_size: int = 256
     lpips_size: int = 512
-    face_view_size: int = 320
+    face_view_size: int = 1024
     eot_samples: int = 0
     face_goal: float | None = None
     image_goal: float | None = None

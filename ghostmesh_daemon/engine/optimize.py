@@ -1,0 +1,296 @@
+"""The optimization loop: one photo in, its protected pixels out. Pure torch; no files, no globals.
+
+Every step renders only the views the losses need (the whole photo at the work resolution and one
+view per face), which keeps a step close to the cost of the models themselves whatever the photo's
+size; the full-resolution photo is rendered once, at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .geometry import bounding_box, check_image, downscale, fit_within
+from .losses import hinge, identity_term, lpips_distance
+from .scene import Face, FaceView, Scene, ViewGeometry
+from .settings import EngineSettings
+from .synthesis import Bounds, Perturbation, clean_view
+
+if TYPE_CHECKING:  # the engine only needs the protocol; targets import the engine's geometry
+    from ..targets.base import Target
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class TargetOutcome:
+    """One target's numbers, per row (face or image), before and after."""
+
+    cosine_before: list[float]
+    cosine_after: list[float]
+    distance_after: list[float]
+    protected: list[bool]
+    goal: float
+
+
+@dataclass
+class Outcome:
+    """What :func:`protect_image` returns: the protected image and what the optimizer measured."""
+
+    image: Tensor
+    steps: int
+    targets: dict[str, TargetOutcome]
+    lpips: float
+    lpips_resolution: tuple[int, int]
+    face_lpips: list[float]
+    max_delta: float
+    max_flow_px: float
+    seconds: float
+    step_seconds: float
+    stopped_early: bool
+    interrupted: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+def plan_views(image_hw: tuple[int, int], faces: Sequence[Face], settings: EngineSettings, need_detail: bool) -> tuple[ViewGeometry, list[ViewGeometry]]:
+    """Where the optimizer looks: the whole photo at the work size and a detailed view per face.
+
+    A face view covers the chip's bounding box grown so that the chip lies inside the part of the
+    view where its noise is not faded (the feather), plus the flow's reach.
+    """
+    H, W = image_hw
+    # With an image-level target the whole view carries noise and must be detailed; otherwise it
+    # only serves the whole-photo LPIPS hinge, which a coarser proxy tracks well (the report
+    # measures the final photo at ``lpips_size``).
+    longest = settings.work_size if need_detail else settings.whole_proxy_size
+    whole = ViewGeometry(box=(0, 0, W, H), size=fit_within(H, W, longest))
+    feather = Bounds().feather
+    views = []
+    for face in faces:
+        corners = face.chip_corners()
+        span = float((corners.max(0).values - corners.min(0).values).max())
+        pad = span / 2 * (1 / (1 - feather) - 1) + 2 * settings.flow_limit * max(H, W) + 2
+        box = bounding_box(corners, H, W, pad)
+        size = fit_within(box[3] - box[1], box[2] - box[0], settings.face_view_size)
+        views.append(ViewGeometry(box=box, size=size))
+    return whole, views
+
+
+def face_crop_box(view: FaceView) -> tuple[int, int, int, int]:
+    """The chip's bounding box in view pixels: where the per-face LPIPS is measured."""
+    a = view.chip_to_view().double()
+    n = view.face.chip_size - 1
+    corners = torch.tensor([[0.0, 0.0, 1], [n, 0, 1], [n, n, 1], [0, n, 1]], dtype=torch.float64) @ a.T
+    h, w = view.image.shape[-2:]
+    return bounding_box(corners.float(), h, w)
+
+
+def _crop(image: Tensor, box: tuple[int, int, int, int]) -> Tensor:
+    x0, y0, x1, y1 = box
+    return image[..., y0:y1, x0:x1]
+
+
+class Evaluator:
+    """Measures a candidate against the clean photo exactly as the optimizer does.
+
+    Used during optimization and for the report (on the decoded output file), so the numbers a
+    user reads are the ones the optimizer steered by.
+    """
+
+    def __init__(self, clean_views: list[Tensor], geometries: list[ViewGeometry], faces: Sequence[Face],
+                 targets: Sequence[Target], lpips: nn.Module, settings: EngineSettings) -> None:
+        self.geometries = geometries
+        self.faces = list(faces)
+        self.targets = list(targets)
+        self.lpips = lpips
+        self.settings = settings
+        self.clean_scene = self.scene(clean_views)
+        self.crop_boxes = [face_crop_box(v) for v in self.clean_scene.faces]
+        with torch.no_grad():
+            self.references = {t.name: t.embed(self.clean_scene).detach() for t in self.targets}
+
+    def scene(self, views: list[Tensor]) -> Scene:
+        return Scene(whole=views[0], faces=[FaceView(f, g, v) for f, g, v in zip(self.faces, self.geometries[1:], views[1:])])
+
+    def lpips_whole(self, scene: Scene) -> Tensor:
+        return lpips_distance(self.lpips, scene.whole, self.clean_scene.whole, self.settings.lpips_size)
+
+    def lpips_faces(self, scene: Scene) -> list[Tensor]:
+        return [
+            lpips_distance(self.lpips, _crop(v.image, box), _crop(c.image, box), 256)
+            for v, c, box in zip(scene.faces, self.clean_scene.faces, self.crop_boxes)
+        ]
+
+    def measure(self, scene: Scene) -> dict:
+        """Embeddings, similarities and LPIPS of ``scene`` (differentiable)."""
+        per_target = {}
+        for t in self.targets:
+            ref = self.references[t.name]
+            emb = t.embed(scene)
+            per_target[t.name] = (t.similarity(ref, emb), t.distance(ref, emb), t.protected(ref, emb))
+        return {"targets": per_target, "lpips": self.lpips_whole(scene), "face_lpips": self.lpips_faces(scene)}
+
+
+def protect_image(
+    x: Tensor,
+    faces: Sequence[Face],
+    targets: Sequence[Target],
+    lpips: nn.Module,
+    settings: EngineSettings,
+    *,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Outcome:
+    """Optimize a bounded perturbation of ``x`` (1, 3, H, W) in [0, 1] against ``targets``.
+
+    Stops early once every target is past its goal and both LPIPS budgets hold; returns the best
+    step that kept the budgets (the clean photo itself, at worst).
+    """
+    check_image(x)
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    H, W = x.shape[-2:]
+    need_detail = any(t.info.kind == "image" for t in targets)
+    whole, face_geoms = plan_views((H, W), faces, settings, need_detail)
+    geometries = [whole, *face_geoms]
+    bounds = Bounds(noise_limit=settings.noise_limit, flow_limit=settings.flow_limit, mode=settings.mode)
+    pert = Perturbation((H, W), whole, face_geoms, bounds, settings.flow_grid, whole_noise=need_detail).to(x.device)
+    clean_views = [clean_view(x, g) for g in geometries]
+    ev = Evaluator(clean_views, geometries, faces, targets, lpips, settings)
+    active = [t for t in targets if ev.references[t.name].shape[0] > 0]
+
+    params = list(pert.parameters())
+    optimizer = torch.optim.Adam(params, lr=settings.learning_rate) if settings.mode == "tanh" else None
+    pgd_step = settings.noise_limit / 8
+    best = {"score": -math.inf, "state": None, "step": 0}
+    history: list[dict] = []
+    stopped_early = interrupted = False
+    step_times: list[float] = []
+    steps_run = 0
+    for step in range(settings.steps + 1):
+        if should_stop is not None and should_stop():
+            interrupted = True
+            break
+        t0 = time.perf_counter()
+        scene = ev.scene(pert.render_views(clean_views))
+        m = ev.measure(scene)
+        lp_whole, lp_faces = m["lpips"], m["face_lpips"]
+        within = float(lp_whole.detach()) <= settings.lpips_budget and all(float(v.detach()) <= settings.face_lpips_budget for v in lp_faces)
+        done_all = all(bool(m["targets"][t.name][2].all()) for t in active)
+        score = _progress_score(m, active)
+        history.append({"step": step, "lpips": float(lp_whole.detach()), "face_lpips": [float(v.detach()) for v in lp_faces], "score": score})
+        if within and score > best["score"]:
+            best = {"score": score, "state": [p.detach().clone() for p in params], "step": step}
+        if (within and done_all and active) or step == settings.steps:
+            stopped_early = step < settings.steps
+            steps_run = step
+            break
+        loss = settings.identity_weight * sum(
+            (identity_term(m["targets"][t.name][0], m["targets"][t.name][2]) for t in active), torch.zeros(())
+        )
+        loss = loss + settings.lpips_weight * (hinge(lp_whole, settings.lpips_budget) + sum(
+            (hinge(v, settings.face_lpips_budget) for v in lp_faces), torch.zeros(())))
+        if settings.vertical_weight:
+            loss = loss + settings.vertical_weight * pert.vertical_flow_energy()
+        if not loss.requires_grad:  # nothing to push (no face under face-only targets)
+            steps_run = step
+            break
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        else:
+            for p in params:
+                p.grad = None
+            loss.backward()
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p -= (pgd_step if p is not pert.flow else settings.learning_rate) * p.grad.sign()
+            pert.project(clean_views)
+        steps_run = step + 1
+        step_times.append(time.perf_counter() - t0)
+        if progress is not None:
+            progress(step + 1, settings.steps)
+
+    if best["state"] is not None:
+        with torch.no_grad():
+            for p, v in zip(params, best["state"]):
+                p.copy_(v)
+    image, applied = pert.render_full(x)
+    final = evaluate(x, image, faces, targets, lpips, settings)
+    return Outcome(
+        image=image,
+        steps=steps_run,
+        targets=final.targets,
+        lpips=final.lpips,
+        lpips_resolution=final.lpips_resolution,
+        face_lpips=final.face_lpips,
+        max_delta=applied["max_delta"],
+        max_flow_px=applied["max_flow_px"],
+        seconds=time.perf_counter() - started,
+        step_seconds=(sorted(step_times)[len(step_times) // 2] if step_times else 0.0),
+        stopped_early=stopped_early,
+        interrupted=interrupted,
+        history=history,
+    )
+
+
+@dataclass
+class Evaluation:
+    """A protected image measured against its original, as the optimizer measures it."""
+
+    targets: dict[str, TargetOutcome]
+    lpips: float
+    lpips_resolution: tuple[int, int]
+    face_lpips: list[float]
+
+
+@torch.no_grad()
+def evaluate(original: Tensor, protected: Tensor, faces: Sequence[Face], targets: Sequence[Target],
+             lpips: nn.Module, settings: EngineSettings) -> Evaluation:
+    """Measure ``protected`` against ``original`` (both (1, 3, H, W) in [0, 1], same size)."""
+    if original.shape != protected.shape:
+        raise ValueError(f"expected images of the same shape, got {tuple(original.shape)} and {tuple(protected.shape)}")
+    H, W = original.shape[-2:]
+    need_detail = any(t.info.kind == "image" for t in targets)
+    whole, face_geoms = plan_views((H, W), faces, settings, need_detail)
+    geometries = [whole, *face_geoms]
+    ev = Evaluator([clean_view(original, g) for g in geometries], geometries, faces, targets, lpips, settings)
+    before = ev.measure(ev.clean_scene)
+    after = ev.measure(ev.scene([clean_view(protected, g) for g in geometries]))
+    outcomes = {}
+    for t in targets:
+        sim0 = before["targets"][t.name][0]
+        sim, dist, prot = after["targets"][t.name]
+        outcomes[t.name] = TargetOutcome(
+            cosine_before=[float(v) for v in sim0],
+            cosine_after=[float(v) for v in sim],
+            distance_after=[float(v) for v in dist],
+            protected=[bool(v) for v in prot],
+            goal=t.goal,
+        )
+    return Evaluation(
+        targets=outcomes,
+        lpips=float(after["lpips"]),
+        lpips_resolution=fit_within(*whole.size, settings.lpips_size),
+        face_lpips=[float(v) for v in after["face_lpips"]],
+    )
+
+
+def _progress_score(m: dict, active: Sequence[Target]) -> float:
+    """How far the least-protected row is towards its goal (1.0 = at the goal), plus a small tiebreak."""
+    ratios = []
+    for t in active:
+        _, dist, _ = m["targets"][t.name]
+        if dist.numel():
+            ratios.append((dist.detach() / t.goal).clamp(max=1.0))
+    if not ratios:
+        return 0.0
+    allr = torch.cat(ratios)
+    return float(allr.min()) + 1e-3 * float(allr.mean())

@@ -1,0 +1,236 @@
+"""The perturbation: bounded noise plus a smooth bounded warp, rendered per view or at full size.
+
+Parameters (raw, unbounded in tanh mode):
+
+- ``flow``: (1, 2, gh, gw), a coarse control grid. The displacement at a pixel is
+  ``flow_limit * tanh(bicubic(flow)(p))`` of the image size per axis (``2 * flow_limit`` in
+  grid_sample units). tanh is applied *after* the bicubic upsampling, so bicubic overshoot cannot
+  break the bound.
+- ``noise[0]``: (1, 3, h, w), noise over the whole photo at the work resolution.
+- ``noise[i]``, i >= 1: (1, 3, h_i, w_i), extra noise over face view i at face detail, faded to zero
+  at the view's edges by a smooth window (a hard edge would leave a visible rectangle).
+
+The full-resolution noise is ``noise_limit * tanh(up(noise[0]) + sum_i window_i * up(noise[i]))`` in
+tanh mode; in PGD mode it is the same sum without tanh, projected after each step (see
+:meth:`Perturbation.project`) and clamped to the bound at the final render. The protected pixel is
+``(x + delta)(p + flow(p))`` (grid_sample, border padding), never clamped inside the forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .geometry import check_image, downscale
+from .scene import ViewGeometry
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The limits the perturbation must respect, and how it is parametrised."""
+
+    noise_limit: float = 0.05
+    flow_limit: float = 0.01
+    mode: str = "tanh"  # or "pgd"
+    feather: float = 0.25  # fraction of a face view's half-size over which its noise fades out
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("tanh", "pgd"):
+            raise ValueError(f"mode must be 'tanh' or 'pgd', got {self.mode!r}")
+        if not (0 < self.noise_limit <= 1 and 0 <= self.flow_limit < 0.5):
+            raise ValueError(f"limits out of range: noise {self.noise_limit}, flow {self.flow_limit}")
+
+
+def view_coordinates(geometry: ViewGeometry, image_hw: tuple[int, int], device=None, rows: tuple[int, int] | None = None) -> Tensor:
+    """Image-normalised (x, y) coordinates of every pixel centre of a view, shape (1, h, w, 2).
+
+    ``rows`` restricts to a band of the view's rows (used by the banded full-size render).
+    """
+    x0, y0, x1, y1 = geometry.box
+    h, w = geometry.size
+    H, W = image_hw
+    r0, r1 = rows or (0, h)
+    # view pixel centre v -> image pixel edge coordinate e = x0 + (v + 0.5) / s ; normalised = 2e/W - 1
+    xs = x0 + (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * ((x1 - x0) / w)
+    ys = y0 + (torch.arange(r0, r1, device=device, dtype=torch.float32) + 0.5) * ((y1 - y0) / h)
+    gx = 2 * xs / W - 1
+    gy = 2 * ys / H - 1
+    return torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
+
+
+def to_view_normalized(coords: Tensor, geometry: ViewGeometry, image_hw: tuple[int, int]) -> Tensor:
+    """Image-normalised coordinates (..., 2) to the view's own normalised coordinates."""
+    x0, y0, x1, y1 = geometry.box
+    H, W = image_hw
+    ex = (coords[..., 0] + 1) * (W / 2)
+    ey = (coords[..., 1] + 1) * (H / 2)
+    return torch.stack([2 * (ex - x0) / (x1 - x0) - 1, 2 * (ey - y0) / (y1 - y0) - 1], dim=-1)
+
+
+def feather_window(coords_view: Tensor, feather: float) -> Tensor:
+    """Smooth window (1, 1, h, w): 1 inside the view, easing to 0 at its edges (smoothstep)."""
+    t = ((1 - coords_view.abs()) / feather).clamp(0, 1)  # constants only: no parameter is clamped
+    s = t * t * (3 - 2 * t)
+    return (s[..., 0] * s[..., 1])[:, None]
+
+
+class Perturbation(nn.Module):
+    """Holds the raw parameters and renders candidates; knows nothing of files or models."""
+
+    def __init__(
+        self,
+        image_hw: tuple[int, int],
+        whole: ViewGeometry,
+        face_views: list[ViewGeometry],
+        bounds: Bounds,
+        flow_grid: int = 32,
+        whole_noise: bool = True,
+    ) -> None:
+        super().__init__()
+        H, W = image_hw
+        self.image_hw = image_hw
+        self.bounds = bounds
+        gh, gw = (flow_grid, max(2, round(flow_grid * W / H))) if H >= W else (max(2, round(flow_grid * H / W)), flow_grid)
+        self.flow = nn.Parameter(torch.zeros(1, 2, gh, gw))
+        self.views = [whole, *face_views]
+        # Without an image-level target nothing asks for noise outside the faces: the whole-photo
+        # noise is then left out (an empty parameter) rather than optimized towards zero.
+        self.noise = nn.ParameterList(
+            [nn.Parameter(torch.zeros(1, 3, *v.size) if (i > 0 or whole_noise) else torch.zeros(0)) for i, v in enumerate(self.views)]
+        )
+
+    # --- fields at arbitrary pixels -----------------------------------------------------------
+
+    def flow_field(self) -> Tensor:
+        """The control grid upsampled bicubically to an intermediate grid, (1, 2, 8*gh, 8*gw).
+
+        Views then read it bilinearly: as smooth as bicubic everywhere at photo scale, and much
+        cheaper than bicubic ``grid_sample`` (whose backward pass dominated a step).
+        """
+        gh, gw = self.flow.shape[-2:]
+        return F.interpolate(self.flow, size=(8 * gh, 8 * gw), mode="bicubic", align_corners=True)
+
+    def flow_at(self, coords: Tensor, field: Tensor | None = None) -> Tensor:
+        """Displacement in image-normalised units at ``coords`` (1, h, w, 2) -> (1, h, w, 2)."""
+        field = self.flow_field() if field is None else field
+        raw = F.grid_sample(field, coords, mode="bilinear", padding_mode="border", align_corners=True)
+        return (2 * self.bounds.flow_limit) * torch.tanh(raw).permute(0, 2, 3, 1)
+
+    def raw_noise_at(self, coords: Tensor, skip: int | None = None) -> Tensor:
+        """Sum of every view's noise parameter at ``coords`` (image-normalised), (1, 3, h, w).
+
+        View ``skip`` is left out (the caller adds it at its native resolution).
+        """
+        total = None
+        for i, (geometry, theta) in enumerate(zip(self.views, self.noise)):
+            if i == skip or theta.numel() == 0:
+                continue
+            local = to_view_normalized(coords, geometry, self.image_hw)
+            inside = (local.abs() <= 1).all(dim=-1)
+            if not bool(inside.any()):
+                continue
+            term = F.grid_sample(theta, local, mode="bilinear", padding_mode="border", align_corners=False)
+            if i > 0:
+                term = term * feather_window(local, self.bounds.feather)
+            total = term if total is None else total + term
+        if total is None:
+            total = coords.new_zeros(1, 3, *coords.shape[1:3])
+        return total
+
+    def bound_noise(self, raw: Tensor) -> Tensor:
+        if self.bounds.mode == "tanh":
+            return self.bounds.noise_limit * torch.tanh(raw)
+        return raw
+
+    # --- rendering ------------------------------------------------------------------------------
+
+    def render_views(self, clean_views: list[Tensor]) -> list[Tensor]:
+        """Every view of the candidate, given the clean views (the flow field is built once)."""
+        field = self.flow_field()
+        return [self.render_view(i, c, field) for i, c in enumerate(clean_views)]
+
+    def render_view(self, index: int, clean: Tensor, field: Tensor | None = None) -> Tensor:
+        """The candidate as view ``index`` sees it; ``clean`` is the clean view, (1, 3, h, w)."""
+        check_image(clean, "clean view")
+        geometry = self.views[index]
+        coords = view_coordinates(geometry, self.image_hw, clean.device)
+        raw = self.raw_noise_at(coords, skip=index)
+        own = self.noise[index] if self.noise[index].numel() else 0.0
+        if index > 0:
+            own = own * feather_window(to_view_normalized(coords, geometry, self.image_hw), self.bounds.feather)
+        delta = self.bound_noise(raw + own)
+        grid = to_view_normalized(coords + self.flow_at(coords, field), geometry, self.image_hw)
+        return F.grid_sample(clean + delta, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    @torch.no_grad()
+    def render_full(self, x: Tensor, band: int = 512) -> tuple[Tensor, dict[str, float]]:
+        """The protected photo at full resolution, in row bands to bound memory.
+
+        Returns the image clamped to [0, 1] (and, in PGD mode, the noise clamped to its bound) and
+        the largest noise and flow actually applied.
+        """
+        check_image(x)
+        H, W = self.image_hw
+        full = ViewGeometry(box=(0, 0, W, H), size=(H, W))
+        out = torch.empty_like(x)
+        pad = math.ceil(2 * self.bounds.flow_limit * max(H, W)) + 2
+        max_delta = 0.0
+        max_flow = 0.0
+        eps = self.bounds.noise_limit
+        field = self.flow_field()
+        for r0 in range(0, H, band):
+            r1 = min(H, r0 + band)
+            i0, i1 = max(0, r0 - pad), min(H, r1 + pad)
+            src_geom = ViewGeometry(box=(0, i0, W, i1), size=(i1 - i0, W))
+            src_coords = view_coordinates(src_geom, self.image_hw, x.device)
+            delta = self.bound_noise(self.raw_noise_at(src_coords))
+            if self.bounds.mode == "pgd":
+                delta = delta.clamp(-eps, eps)
+            coords = view_coordinates(full, self.image_hw, x.device, rows=(r0, r1))
+            flow = self.flow_at(coords, field)
+            grid = to_view_normalized(coords + flow, src_geom, self.image_hw)
+            band_out = F.grid_sample(x[..., i0:i1, :] + delta, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            out[..., r0:r1, :] = band_out.clamp(0, 1)
+            max_delta = max(max_delta, float(delta.abs().max()))
+            fx = flow[..., 0].abs().max() * (W / 2)
+            fy = flow[..., 1].abs().max() * (H / 2)
+            max_flow = max(max_flow, float(torch.maximum(fx, fy)))
+        return out, {"max_delta": max_delta, "max_flow_px": max_flow}
+
+    # --- bounds -----------------------------------------------------------------------------------
+
+    def vertical_flow_energy(self) -> Tensor:
+        """Mean squared vertical displacement on the control grid, as a fraction of the limit."""
+        return torch.tanh(self.flow[:, 1]).pow(2).mean()
+
+    @torch.no_grad()
+    def project(self, clean_views: list[Tensor]) -> None:
+        """PGD projection after a step: noise within [-eps, eps] and x + noise within [0, 1].
+
+        Face views carry extra noise on top of the whole-photo noise; their parameter is projected so
+        that the *sum* stays within the bounds where the window is non-zero.
+        """
+        if self.bounds.mode != "pgd":
+            return
+        eps = self.bounds.noise_limit
+        if self.noise[0].numel():
+            self.noise[0].clamp_(-eps, eps)
+            self.noise[0].copy_(torch.maximum(torch.minimum(self.noise[0], 1 - clean_views[0]), -clean_views[0]))
+        for i in range(1, len(self.views)):
+            geometry = self.views[i]
+            coords = view_coordinates(geometry, self.image_hw, self.noise[i].device)
+            base = self.raw_noise_at(coords, skip=i)
+            w = feather_window(to_view_normalized(coords, geometry, self.image_hw), self.bounds.feather).clamp_min(1e-6)
+            lo = torch.maximum(-eps - base, -clean_views[i] - base) / w
+            hi = torch.minimum(eps - base, 1 - clean_views[i] - base) / w
+            self.noise[i].copy_(torch.maximum(torch.minimum(self.noise[i], hi), lo))
+
+
+def clean_view(x: Tensor, geometry: ViewGeometry) -> Tensor:
+    """The clean photo as a view sees it: its box, resized to its size with antialiasing."""
+    x0, y0, x1, y1 = geometry.box
+    return downscale(x[..., y0:y1, x0:x1], geometry.size)
