@@ -26,7 +26,6 @@ from ghostmesh_daemon.errors import ModelUnavailable
 from ghostmesh_daemon.targets import create_target, list_targets
 from ghostmesh_daemon.targets.mobileface import (
     ARCFACE_EYES,
-    MobileFaceNet,
     MobileFaceTarget,
     crop_to_image,
     eye_centres,
