@@ -219,10 +219,20 @@ class Darktable:
         return self.fire("intermediate-export-image", image, str(path), fmt, storage)
 
 
-def load_darktable(tmp_path: Path, prefs: dict[str, Any], *, api_major: int = 9, running_os: str = "linux") -> Darktable:
+class WindowsHost(Host):
+    """cmd.exe cannot run here: record the line and answer as cmd.exe does for an unknown command."""
+
+    def execute(self, cmd: str) -> int:
+        self.commands.append(cmd)
+        return 9009
+
+
+def load_darktable(
+    tmp_path: Path, prefs: dict[str, Any], *, api_major: int = 9, running_os: str = "linux", host: Host | None = None
+) -> Darktable:
     lua = lua54.LuaRuntime(unpack_returned_tuples=True)
     assert lua.eval("_VERSION") == "Lua 5.4"
-    host = Host()
+    host = host or Host()
     tmp_dir = tmp_path / "darktable tmp"
     tmp_dir.mkdir(exist_ok=True)
     configuration = lua.table_from(
@@ -301,6 +311,33 @@ def test_darktable_missing_executable_is_reported(tmp_path, export_dir):
     assert "the ghostmesh command was not found" in error[0]
     assert "lua options" in error[0]
     assert not photo.exists() and (export_dir / "a.unprotected.jpg").exists()
+
+
+def test_darktable_on_windows_quotes_for_cmd_and_reports_a_missing_command(tmp_path):
+    folder = tmp_path / "Win Export ü"
+    folder.mkdir()
+    photo = folder / "a b.jpg"
+    photo.write_bytes(b"x")
+    exe = r"C:\Program Files\Ghost Mesh\ghostmesh.exe"
+    dt = load_darktable(tmp_path, {"executable": exe, "preset": "panic"}, running_os="windows", host=WindowsHost())
+    dt.export(photo)
+    (cmd,) = dt.host.commands
+    log = str(tmp_path / "darktable tmp") + "\\"
+    assert cmd.startswith(f'""{exe}" "protect" "--in-place" "--preset" "panic" "--" "{photo}" >"{log}ghostmesh-')
+    assert cmd.endswith('.log" 2>&1"')
+    (error,) = dt.host.of("print_error")
+    assert "the ghostmesh command was not found" in error[0]
+
+
+def test_darktable_on_windows_refuses_a_double_quote_it_cannot_pass(tmp_path, export_dir):
+    photo = export_dir / "a.jpg"  # the folder's name has double quotes
+    photo.write_bytes(b"x")
+    dt = load_darktable(tmp_path, {}, running_os="windows", host=WindowsHost())
+    dt.export(photo)
+    assert dt.host.commands == []
+    (error,) = dt.host.of("print_error")
+    assert "a double quote cannot be passed on a Windows command line" in error[0]
+    assert not photo.exists()  # still closed: nothing unprotected under the export name
 
 
 def test_darktable_does_nothing_when_disabled(tmp_path, export_dir):
