@@ -17,14 +17,19 @@ HASH_CHUNK = 1 << 20
 
 
 def decode_problem(path: Path) -> str | None:
-    """``None`` if ``path`` decodes completely, else the decoder's complaint."""
+    """``None`` if ``path`` decodes completely (or is a format this check cannot judge, such as a
+    camera RAW: the stability window alone decides for those), else the decoder's complaint."""
     try:
+        if path.stat().st_size == 0:
+            return "empty file"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 if im.format == "JPEG":
                     im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
+    except Image.UnidentifiedImageError:
+        return None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         return str(e) or type(e).__name__
     return None
