@@ -41,6 +41,8 @@ class EngineSettings:
     image_goal: float | None = None
     seed: int = 0
     device: str = "auto"
+    #: Hugging Face id or local folder of the SigLIP vision model.
+    siglip_model: str = "google/siglip-base-patch16-384"
 
     def limits(self) -> dict[str, float]:
         return {

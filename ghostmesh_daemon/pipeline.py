@@ -1,0 +1,226 @@
+"""One photo's journey: decode -> find faces -> engine -> encode -> measure the written file.
+
+:class:`Protector` is the one object per process that holds the loaded models; the CLI, the daemon
+and the editor plugins all call :meth:`Protector.protect_file`. It never raises for a bad photo: the
+report entry says what went wrong, naming the file, and the caller carries on with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import ENGINE_VERSION
+from .engine import EngineSettings, evaluate, protect_image
+from .engine.losses import psnr, ssim
+from .errors import GhostMeshError, ModelUnavailable, PhotoError
+from .faces import detect_faces
+from .imaging import atomic_output, is_output, output_path, read_photo, write_photo
+from .report import ReportEntry, TargetResult
+from .targets import Target, create_target, list_targets
+from .weights import load_lpips
+
+log = logging.getLogger("ghostmesh")
+
+Progress = Callable[[int, int], None]
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA, then Apple's MPS, then the CPU; an explicit request that cannot be met is an error."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GhostMeshError(f"--device {requested}: no CUDA GPU is available (use auto or cpu)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GhostMeshError(f"--device {requested}: Apple MPS is not available (use auto or cpu)")
+    return device
+
+
+def load_targets(settings: EngineSettings, device: torch.device, warn: Callable[[str], None]) -> tuple[list[Target], list[str]]:
+    """The targets to protect against, and the warnings the report must carry.
+
+    ``auto`` loads every registered target whose weights can be found, warning loudly (stderr and
+    report) about each one that cannot; a target named explicitly that cannot load is an error.
+    """
+    names: Sequence[str] = settings.targets
+    auto = list(names) == ["auto"]
+    if auto:
+        names = list_targets()
+    unknown = [n for n in names if n not in list_targets()]
+    if unknown:
+        raise GhostMeshError(f"unknown target(s) {', '.join(unknown)} (known: {', '.join(list_targets())}, or auto)")
+    targets, warnings = [], []
+    for name in names:
+        try:
+            goal = settings.face_goal if name != "siglip" else settings.image_goal
+            targets.append(create_target(name, device=device, goal=goal, siglip_model=settings.siglip_model, auto=auto))
+        except ModelUnavailable as e:
+            if not auto:
+                raise
+            message = f"WARNING: target {name!r} is not used: {e}"
+            warnings.append(message)
+            warn(message)
+    if not targets:
+        raise ModelUnavailable("any target", "no target could be loaded", "See `ghostmesh models`.")
+    return targets, warnings
+
+
+def _to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None].to(device)
+
+
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
+
+
+class Protector:
+    """Loads the models once; protects any number of photos."""
+
+    def __init__(self, settings: EngineSettings, *, warn: Callable[[str], None] | None = None,
+                 targets: Sequence[Target] | None = None) -> None:
+        self.settings = settings
+        self._warn = warn or (lambda m: print(m, file=sys.stderr))
+        self.device = pick_device(settings.device)
+        if targets is None:
+            self.targets, self.warnings = load_targets(settings, self.device, self._warn)
+        else:
+            self.targets, self.warnings = list(targets), []
+        self.lpips, self.lpips_source = load_lpips(self.device)
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    @property
+    def target_names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+    def protect_file(
+        self,
+        src: Path,
+        *,
+        dest: Path | None = None,
+        out_dir: Path | None = None,
+        in_place: bool = False,
+        suffix: str = ".ghost",
+        strip_gps: bool = False,
+        max_megapixels: float = 200.0,
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> ReportEntry:
+        """Protect ``src`` and write the copy; returns its report entry (status ok/failed/skipped)."""
+        src = Path(src)
+        started = time.perf_counter()
+        common = {"targets": self.target_names, "device": str(self.device), "preset": self.settings.preset,
+                  "mode": self.settings.mode, "limits": self.settings.limits(), "warnings": list(self.warnings)}
+        if not in_place and is_output(src, suffix):
+            return ReportEntry.skipped(src, "already a Ghost Mesh output", **common)
+        try:
+            return self._protect(src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, progress,
+                                 should_stop, started, common)
+        except PhotoError as e:
+            return ReportEntry.failed(e.path, e.reason, **common)
+        except (MemoryError, RuntimeError) as e:  # out of memory on a huge photo, a torch failure
+            reason = "out of memory" if isinstance(e, MemoryError) or "out of memory" in str(e).lower() else f"processing failed: {e}"
+            log.debug("processing %s failed", src, exc_info=True)
+            return ReportEntry.failed(src, reason, **common)
+
+    def _protect(self, src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, progress, should_stop,
+                 started, common) -> ReportEntry:
+        photo = read_photo(src, max_megapixels=max_megapixels)
+        if dest is None and not in_place:
+            dest = output_path(src, out_dir=out_dir, suffix=suffix)
+        x = _to_tensor(photo.rgb, self.device)
+        faces = detect_faces(_to_uint8(photo.rgb))
+        outcome = protect_image(x, faces, self.targets, self.lpips, self.settings, progress=progress,
+                                should_stop=should_stop)
+        if outcome.interrupted:
+            return ReportEntry.skipped(src, "stopped before it finished; nothing written", **common)
+        protected = outcome.image[0].permute(1, 2, 0).cpu().numpy()
+        if in_place:
+            with atomic_output(src) as tmp:
+                notes = write_photo(photo, protected, Path(tmp))
+            written = src
+        else:
+            assert dest is not None
+            if not dest.parent.is_dir():
+                raise PhotoError(dest.parent, "output folder does not exist")
+            notes = write_photo(photo, protected, dest, strip_gps=strip_gps, overwrite_ours=True)
+            written = dest
+        entry = self._measure(photo.rgb, written, faces, outcome, common)
+        entry.input = str(src)
+        entry.notes = notes
+        entry.seconds = round(time.perf_counter() - started, 3)
+        entry.steps = outcome.steps
+        return entry
+
+    def _measure(self, original: np.ndarray, written: Path, faces, outcome, common) -> ReportEntry:
+        """Numbers for the report, measured on the file as written (decoded again), not on floats."""
+        decoded = read_photo(written).rgb
+        x, y = _to_tensor(original, self.device), _to_tensor(decoded, self.device)
+        ev = evaluate(x, y, faces, self.targets, self.lpips, self.settings)
+        results = {
+            name: TargetResult(name=name, cosine_before=o.cosine_before, cosine_after=o.cosine_after,
+                               distance_after=o.distance_after, goal=o.goal, protected=o.protected)
+            for name, o in ev.targets.items()
+        }
+        entry = ReportEntry(
+            input="", output=str(written), status="ok", faces=len(faces), target_results=results,
+            lpips=round(ev.lpips, 5), lpips_resolution=list(ev.lpips_resolution),
+            face_lpips=[round(v, 5) for v in ev.face_lpips], ssim=round(ssim(x, y), 5), psnr=round(psnr(x, y), 3),
+            max_delta=round(outcome.max_delta, 5), max_flow_px=round(outcome.max_flow_px, 3),
+            engine_version=ENGINE_VERSION, **common,
+        )
+        entry.face_dlib_distance = dlib_distances(_to_uint8(original), _to_uint8(decoded), faces)
+        if not faces and all(t.info.kind == "face" for t in self.targets):
+            entry.warnings.append("no face was found: the copy is written, but face targets had nothing to protect")
+        unprotected = [n for n, r in results.items() if r.protected and not all(r.protected)]
+        if unprotected:
+            entry.warnings.append(f"not every face/image reached its goal for: {', '.join(unprotected)}")
+        return entry
+
+
+def dlib_distances(original: np.ndarray, protected: np.ndarray, faces) -> list[float]:
+    """dlib's own descriptor distance per face, original vs protected (its real, non-torch pipeline).
+
+    The protected face is aligned with landmarks found on the protected photo inside the original's
+    face box: the most favourable alignment an attacker could get.
+    """
+    if not faces:
+        return []
+    import dlib
+
+    from .faces import _dlib_models
+    from .weights import dlib_face_resnet
+
+    _, predictor = _dlib_models()
+    model = _dlib_recognizer(str(dlib_face_resnet().path))
+    out = []
+    for f in faces:
+        rect = dlib.rectangle(*(int(round(v)) for v in f.box))
+        a = np.array(model.compute_face_descriptor(original, predictor(original, rect), 0, 0.25))
+        b = np.array(model.compute_face_descriptor(protected, predictor(protected, rect), 0, 0.25))
+        out.append(round(float(np.linalg.norm(a - b)), 4))
+    return out
+
+
+_RECOGNIZERS: dict[str, object] = {}
+
+
+def _dlib_recognizer(path: str):
+    import dlib
+
+    if path not in _RECOGNIZERS:
+        _RECOGNIZERS[path] = dlib.face_recognition_model_v1(path)
+    return _RECOGNIZERS[path]
