@@ -44,7 +44,7 @@ from .tiffmeta import (
 try:  # HEIC/HEIF through libheif
     import pillow_heif
 
-    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    pillow_heif.register_heif_opener()
     HAVE_HEIF = True
 except ImportError:  # pragma: no cover - pillow-heif is a dependency
     pillow_heif = None
@@ -421,6 +421,25 @@ def _finish(path: Path, fmt: str, source_format: str, mode: str, colour: np.ndar
                  notes=notes, **kw)
 
 
+def _component_qtables(im: Image.Image) -> list[list[int]]:
+    """The quantization tables in the order the encoder assigns them to components.
+
+    Pillow's encoder gives component i table i and the remaining components the last table, so
+    the tables are listed per component (Y, Cb, Cr) with a trailing repeat collapsed: a file that
+    quantizes Cb and Cr with one table gets exactly that again, even if it also defined unused tables.
+    """
+    tables = {k: list(v) for k, v in getattr(im, "quantization", {}).items()}
+    if not tables:
+        return []
+    layer = getattr(im, "layer", None) or []
+    ids = [entry[3] for entry in layer[:3] if entry[3] in tables]
+    if len(ids) != min(3, len(layer)) or not ids:
+        return [tables[k] for k in sorted(tables)][:3]
+    while len(ids) > 1 and ids[-1] == ids[-2]:
+        ids.pop()
+    return [tables[i] for i in ids]
+
+
 def _jpeg_sampling(im: Image.Image) -> tuple[int, str | None]:
     """Pillow's subsampling code for the original's chroma sampling, and a note if it had to change.
 
@@ -450,7 +469,7 @@ def _read_jpeg(path: Path, data: bytes, im: Image.Image) -> Photo:
     if fmt == "MPO":
         with contextlib.suppress(Exception):
             im.seek(0)
-    qtables = [list(t) for _, t in sorted(getattr(im, "quantization", {}).items())]
+    qtables = _component_qtables(im)
     subsampling, sampling_note = _jpeg_sampling(im)
     colour, alpha, bits, channels, _, converted = _pixels(path, im, data, notes)
     exif = jpegc.find_exif(layout)
@@ -464,7 +483,7 @@ def _read_jpeg(path: Path, data: bytes, im: Image.Image) -> Photo:
         notes.append(sampling_note)
     return _finish(
         path, "JPEG", fmt, im.mode, colour, alpha, bits, channels, False, orientation, notes,
-        exif=exif, icc_profile=notes_icc, xmp=jpegc.find_xmp(layout), jpeg_qtables=qtables[:3] if channels == "RGB" else qtables[:1],
+        exif=exif, icc_profile=notes_icc, xmp=jpegc.find_xmp(layout), jpeg_qtables=qtables if channels == "RGB" else qtables[:1],
         jpeg_subsampling=subsampling if channels == "RGB" else None, jpeg_progressive=layout.progressive,
         colour_converted=converted, container=layout,
     )
