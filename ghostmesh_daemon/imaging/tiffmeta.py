@@ -204,6 +204,7 @@ def patch_exif(block: bytes, *, size: tuple[int, int] | None, strip_gps: bool = 
     ifd0 = parse_ifd(buf, ifd0_off, endian)
     notes: list[str] = []
     orientation_reset = True
+    zeroed: list[tuple[int, int]] = []  # spans we blanked (only these may be cut off the end)
 
     ori = ifd0.get(TAG_ORIENTATION)
     if ori is not None:
@@ -229,7 +230,7 @@ def patch_exif(block: bytes, *, size: tuple[int, int] | None, strip_gps: bool = 
         except TiffStructureError:
             ifd1 = None
         if ifd1 is not None:
-            _zero_ifd(buf, ifd1, endian)
+            zeroed += _zero_ifd(buf, ifd1, endian)
         buf[ifd0.next_pos : ifd0.next_pos + 4] = b"\x00\x00\x00\x00"
         notes.append("EXIF thumbnail removed")
 
@@ -238,7 +239,7 @@ def patch_exif(block: bytes, *, size: tuple[int, int] | None, strip_gps: bool = 
         if gps is not None:
             if gps.sub:
                 sub_off = struct.unpack(f"{endian}I", gps.data)[0]
-                _zero_ifd(buf, Ifd(sub_off, gps.sub, 0, sub_off + 2 + 12 * len(gps.sub)), endian)
+                zeroed += _zero_ifd(buf, Ifd(sub_off, gps.sub, 0, sub_off + 2 + 12 * len(gps.sub)), endian)
             _remove_entry(buf, ifd0, gps, endian)
             notes.append("GPS location removed (strip_gps)")
 
@@ -246,13 +247,20 @@ def patch_exif(block: bytes, *, size: tuple[int, int] | None, strip_gps: bool = 
     scrubbed = 0
     for a, b in find_embedded_jpegs(buf):
         buf[a:b] = bytes(b - a)
+        zeroed.append((a, b))
         scrubbed += 1
     if scrubbed:
         notes.append(f"{scrubbed} embedded preview image(s) in the EXIF MakerNote zeroed")
     # The thumbnail usually sits at the end of the block: drop the zeros it left behind.
-    used = _used_end(buf, endian, ifd0_off)
-    if used < len(buf) and not any(buf[used:]):
-        del buf[used:]
+    cut = len(buf)
+    while True:  # walk back over the blanked spans (and word padding) that end the block
+        cover = [a for a, b in zeroed if a < cut <= b + 1]
+        if not cover or min(cover) >= cut:
+            break
+        cut = min(cover)
+    cut = max(cut, _used_end(buf, endian, ifd0_off))
+    if cut < len(buf) and not any(buf[cut:]):
+        del buf[cut:]
     return ExifPatch(bytes(buf), notes, orientation_reset)
 
 
@@ -276,7 +284,7 @@ def _used_end(buf: bytearray, endian: str, ifd0_off: int) -> int:
     return end + (end % 2)
 
 
-def _zero_ifd(buf: bytearray, ifd: Ifd, endian: str) -> None:
+def _zero_ifd(buf: bytearray, ifd: Ifd, endian: str) -> list[tuple[int, int]]:
     offsets = ifd.get(TAG_JPEG_IF)
     lengths = ifd.get(TAG_JPEG_IF_LEN)
     spans = []
@@ -292,15 +300,20 @@ def _zero_ifd(buf: bytearray, ifd: Ifd, endian: str) -> None:
                 spans += list(zip(o.ints(endian), n.ints(endian)))
             except (TiffStructureError, struct.error):
                 pass
+    zeroed = []
     for start, length in spans:
         if 0 < start < len(buf) and length > 0:
             end = min(len(buf), start + length)
             buf[start:end] = bytes(end - start)
+            zeroed.append((start, end))
     for e in ifd.entries:
         if e.value_pos != e.entry_pos + 8 and e.value_pos > 0:  # out-of-line value
             buf[e.value_pos : e.value_pos + len(e.data)] = bytes(len(e.data))
+            zeroed.append((e.value_pos, e.value_pos + len(e.data)))
     end = ifd.offset + 2 + 12 * len(ifd.entries) + 4
     buf[ifd.offset : end] = bytes(end - ifd.offset)
+    zeroed.append((ifd.offset, end))
+    return zeroed
 
 
 def _remove_entry(buf: bytearray, ifd: Ifd, entry: Entry, endian: str) -> None:
