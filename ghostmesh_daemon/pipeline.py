@@ -131,9 +131,10 @@ class Protector:
                                  should_stop, started, common)
         except PhotoError as e:
             return ReportEntry.failed(e.path, e.reason, **common)
-        except (MemoryError, RuntimeError) as e:  # out of memory on a huge photo, a torch failure
-            reason = "out of memory" if isinstance(e, MemoryError) or "out of memory" in str(e).lower() else f"processing failed: {e}"
-            log.debug("processing %s failed", src, exc_info=True)
+        except Exception as e:  # out of memory on a huge photo, a torch failure, a bug: the next photo goes on
+            oom = isinstance(e, MemoryError) or "out of memory" in str(e).lower()
+            reason = "out of memory" if oom else f"processing failed ({type(e).__name__}: {e})"
+            log.warning("processing %s failed", src, exc_info=not oom)
             return ReportEntry.failed(src, reason, **common)
 
     def _protect(self, src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, progress, should_stop,
@@ -158,16 +159,35 @@ class Protector:
                 raise PhotoError(dest.parent, "output folder does not exist")
             notes = write_photo(photo, protected, dest, strip_gps=strip_gps, overwrite_ours=True)
             written = dest
-        entry = self._measure(photo.rgb, written, faces, outcome, common)
-        entry.input = str(src)
+        entry = self._measure(photo.rgb, read_photo(written).rgb, faces, common)
+        entry.input, entry.output = str(src), str(written)
+        entry.max_delta = round(outcome.max_delta, 5)
+        entry.max_flow_px = round(outcome.max_flow_px, 3)
         entry.notes = notes
         entry.seconds = round(time.perf_counter() - started, 3)
         entry.steps = outcome.steps
         return entry
 
-    def _measure(self, original: np.ndarray, written: Path, faces, outcome, common) -> ReportEntry:
+    def verify(self, original: Path, protected: Path, *, max_megapixels: float = 200.0) -> ReportEntry:
+        """The report's numbers for an existing pair of files (``ghostmesh verify``)."""
+        common = {"targets": self.target_names, "device": str(self.device), "warnings": list(self.warnings)}
+        try:
+            a = read_photo(Path(original), max_megapixels=max_megapixels)
+            b = read_photo(Path(protected), max_megapixels=max_megapixels)
+            if a.rgb.shape != b.rgb.shape:
+                raise PhotoError(protected, f"size {b.rgb.shape[1]}x{b.rgb.shape[0]} differs from the original's "
+                                            f"{a.rgb.shape[1]}x{a.rgb.shape[0]}")
+            faces = detect_faces(_to_uint8(a.rgb))
+            entry = self._measure(a.rgb, b.rgb, faces, common)
+        except PhotoError as e:
+            return ReportEntry.failed(e.path, e.reason, **common)
+        entry.input, entry.output = str(original), str(protected)
+        entry.notes.append(f"largest pixel difference {float(np.abs(a.rgb - b.rgb).max()):.4f} "
+                           "(noise and warp limits are only known to the optimizer)")
+        return entry
+
+    def _measure(self, original: np.ndarray, decoded: np.ndarray, faces, common) -> ReportEntry:
         """Numbers for the report, measured on the file as written (decoded again), not on floats."""
-        decoded = read_photo(written).rgb
         x, y = _to_tensor(original, self.device), _to_tensor(decoded, self.device)
         ev = evaluate(x, y, faces, self.targets, self.lpips, self.settings)
         results = {
@@ -176,16 +196,15 @@ class Protector:
             for name, o in ev.targets.items()
         }
         entry = ReportEntry(
-            input="", output=str(written), status="ok", faces=len(faces), target_results=results,
+            input="", output=None, status="ok", faces=len(faces), target_results=results,
             lpips=round(ev.lpips, 5), lpips_resolution=list(ev.lpips_resolution),
             face_lpips=[round(v, 5) for v in ev.face_lpips], ssim=round(ssim(x, y), 5), psnr=round(psnr(x, y), 3),
-            max_delta=round(outcome.max_delta, 5), max_flow_px=round(outcome.max_flow_px, 3),
             engine_version=ENGINE_VERSION, **common,
         )
         entry.face_dlib_distance = dlib_distances(_to_uint8(original), _to_uint8(decoded), faces)
         if not faces and all(t.info.kind == "face" for t in self.targets):
             entry.warnings.append("no face was found: the copy is written, but face targets had nothing to protect")
-        unprotected = [n for n, r in results.items() if r.protected and not all(r.protected)]
+        unprotected = [n for n, r in results.items() if not all(r.protected) and r.protected]
         if unprotected:
             entry.warnings.append(f"not every face/image reached its goal for: {', '.join(unprotected)}")
         return entry

@@ -61,7 +61,12 @@ def create_siglip_target(
 
         source = siglip_source(siglip_model)
         try:
-            model = SiglipVisionModel.from_pretrained(str(source.path or siglip_model))
+            try:  # the local cache first: no network round trip when the weights are already here
+                model = SiglipVisionModel.from_pretrained(str(source.path or siglip_model), local_files_only=True)
+            except (OSError, ValueError):
+                if source.path is not None or os.environ.get("HF_HUB_OFFLINE") == "1":
+                    raise
+                model = SiglipVisionModel.from_pretrained(siglip_model)
         except (OSError, ValueError) as e:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             raise ModelUnavailable(

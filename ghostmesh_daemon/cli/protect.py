@@ -1,0 +1,132 @@
+"""``ghostmesh protect PATH...``: protect photos now, from the command line or an editor's export hook.
+
+Writes ``<stem>.ghost<ext>`` beside each original (or in ``--out-dir``), never touches an original,
+skips files that are already outputs, shows progress on a terminal, and exits 0 when every photo was
+done, 1 when some failed, 2 on bad usage. ``--in-place`` is for export hooks only: it replaces an
+exported file with its protected version, atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import UsageError
+from ..report import ReportEntry, write_report
+from .engine_options import add_engine_options, engine_settings_from_args
+from .env import Env, ExitStatus
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "protect",
+        help="protect photos now and write protected copies",
+        description="Write a protected copy <name>.ghost<ext> beside each photo (folders are searched "
+        "recursively). Originals are never modified.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="photos or folders")
+    p.add_argument("--out-dir", type=Path, metavar="DIR", help="write the protected copies into DIR")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="write a JSON report, one entry per photo")
+    p.add_argument("--strip-gps", action="store_true", help="remove GPS position from the copies")
+    p.add_argument("--in-place", action="store_true",
+                   help="replace FILE itself with its protected version (for editor export hooks)")
+    p.add_argument("--force", action="store_true", help="with --in-place: allow files inside watched folders")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    add_engine_options(p)
+    p.set_defaults(handler=run)
+
+
+def _expand(paths: list[Path]) -> Iterator[Path]:
+    """Files as given; folders walked recursively for supported photos (our outputs skipped later)."""
+    from ..imaging import SUPPORTED_SUFFIXES
+
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+        else:
+            yield path
+
+
+def _watched_folders() -> list[Path]:
+    """The daemon's watched folders from the user's config (empty if there is no config yet)."""
+    from ..config import default_config_path, load_config
+
+    if not default_config_path().exists():
+        return []
+    return [f.path for f in load_config(create=False).folders]
+
+
+def _check_in_place(files: list[Path], force: bool) -> None:
+    if force:
+        return
+    for folder in _watched_folders():
+        for f in files:
+            if f.resolve().is_relative_to(folder.resolve()):
+                raise UsageError(
+                    f"ghostmesh protect: {f}: --in-place refused inside the watched folder {folder} "
+                    "(the daemon keeps originals there); use --force to do it anyway"
+                )
+
+
+def summary_line(entry: ReportEntry) -> str:
+    """One line per photo for the terminal."""
+    if entry.status != "ok":
+        return f"{entry.input}: {entry.status}: {entry.reason}"
+    parts = []
+    for name, r in entry.target_results.items():
+        if r.distance_after:
+            parts.append(f"{name} {min(r.distance_after):.2f}/{r.goal:g}")
+        else:
+            parts.append(f"{name} n/a")
+    faces = f"{entry.faces} face{'s' if entry.faces != 1 else ''}"
+    return (f"{entry.input} -> {entry.output}: ok ({faces}; distance {', '.join(parts)}; "
+            f"LPIPS {entry.lpips:.3f}; {entry.steps} steps, {entry.seconds:.1f} s)")
+
+
+def run(args: argparse.Namespace, env: Env) -> ExitStatus:
+    files = list(_expand(args.paths))
+    missing = [f for f in files if not f.exists()]
+    if args.in_place:
+        if args.out_dir:
+            raise UsageError("ghostmesh protect: --in-place and --out-dir cannot be used together")
+        if missing:
+            raise UsageError(f"ghostmesh protect: {missing[0]}: no such file")
+        _check_in_place(files, args.force)
+    if args.out_dir is not None and not args.out_dir.is_dir():
+        raise UsageError(f"ghostmesh protect: --out-dir {args.out_dir}: not an existing folder")
+    settings = engine_settings_from_args(args)
+
+    from ..pipeline import Protector
+
+    protector = Protector(settings, warn=lambda m: env.stderr.write(m + "\n"))
+    entries: list[ReportEntry] = []
+    for f in files:
+        if not f.exists():
+            entries.append(ReportEntry.failed(f, "no such file"))
+        else:
+            entries.append(_protect_one(protector, f, args, env))
+        line = summary_line(entries[-1])
+        if entries[-1].status == "failed":
+            env.stderr.write(line + "\n")
+        elif not args.quiet:
+            env.stdout.write(line + "\n")
+        for w in entries[-1].warnings:
+            if w not in protector.warnings:
+                env.stderr.write(f"{f}: {w}\n")
+    if args.report:
+        write_report(entries, args.report)
+    return ExitStatus.ERROR if any(e.status == "failed" for e in entries) else ExitStatus.OK
+
+
+def _protect_one(protector, f: Path, args: argparse.Namespace, env: Env) -> ReportEntry:
+    kwargs = dict(out_dir=args.out_dir, in_place=args.in_place, strip_gps=args.strip_gps)
+    if not env.is_terminal or args.quiet:
+        return protector.protect_file(f, **kwargs)
+    from tqdm import tqdm
+
+    with tqdm(total=protector.settings.steps, desc=f.name, unit="step", file=env.stderr, leave=False) as bar:
+        def progress(step: int, total: int) -> None:
+            bar.update(step - bar.n)
+
+        return protector.protect_file(f, progress=progress, **kwargs)
