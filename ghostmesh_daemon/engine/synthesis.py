@@ -45,7 +45,8 @@ class Bounds:
             raise ValueError(f"limits out of range: noise {self.noise_limit}, flow {self.flow_limit}")
 
 
-def view_coordinates(geometry: ViewGeometry, image_hw: tuple[int, int], device=None, rows: tuple[int, int] | None = None) -> Tensor:
+def view_coordinates(geometry: ViewGeometry, image_hw: tuple[int, int], device=None, rows: tuple[int, int] | None = None,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
     """Image-normalised (x, y) coordinates of every pixel centre of a view, shape (1, h, w, 2).
 
     ``rows`` restricts to a band of the view's rows (used by the banded full-size render).
@@ -55,8 +56,8 @@ def view_coordinates(geometry: ViewGeometry, image_hw: tuple[int, int], device=N
     H, W = image_hw
     r0, r1 = rows or (0, h)
     # view pixel centre v -> image pixel edge coordinate e = x0 + (v + 0.5) / s ; normalised = 2e/W - 1
-    xs = x0 + (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * ((x1 - x0) / w)
-    ys = y0 + (torch.arange(r0, r1, device=device, dtype=torch.float32) + 0.5) * ((y1 - y0) / h)
+    xs = x0 + (torch.arange(w, device=device, dtype=dtype) + 0.5) * ((x1 - x0) / w)
+    ys = y0 + (torch.arange(r0, r1, device=device, dtype=dtype) + 0.5) * ((y1 - y0) / h)
     gx = 2 * xs / W - 1
     gy = 2 * ys / H - 1
     return torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
@@ -148,6 +149,9 @@ class Perturbation(nn.Module):
 
     # --- rendering ------------------------------------------------------------------------------
 
+    def forward(self, clean_views: list[Tensor]) -> list[Tensor]:
+        return self.render_views(clean_views)
+
     def render_views(self, clean_views: list[Tensor]) -> list[Tensor]:
         """Every view of the candidate, given the clean views (the flow field is built once)."""
         field = self.flow_field()
@@ -157,7 +161,7 @@ class Perturbation(nn.Module):
         """The candidate as view ``index`` sees it; ``clean`` is the clean view, (1, 3, h, w)."""
         check_image(clean, "clean view")
         geometry = self.views[index]
-        coords = view_coordinates(geometry, self.image_hw, clean.device)
+        coords = view_coordinates(geometry, self.image_hw, clean.device, dtype=clean.dtype)
         raw = self.raw_noise_at(coords, skip=index)
         own = self.noise[index] if self.noise[index].numel() else 0.0
         if index > 0:
@@ -186,11 +190,11 @@ class Perturbation(nn.Module):
             r1 = min(H, r0 + band)
             i0, i1 = max(0, r0 - pad), min(H, r1 + pad)
             src_geom = ViewGeometry(box=(0, i0, W, i1), size=(i1 - i0, W))
-            src_coords = view_coordinates(src_geom, self.image_hw, x.device)
+            src_coords = view_coordinates(src_geom, self.image_hw, x.device, dtype=x.dtype)
             delta = self.bound_noise(self.raw_noise_at(src_coords))
             if self.bounds.mode == "pgd":
                 delta = delta.clamp(-eps, eps)
-            coords = view_coordinates(full, self.image_hw, x.device, rows=(r0, r1))
+            coords = view_coordinates(full, self.image_hw, x.device, rows=(r0, r1), dtype=x.dtype)
             flow = self.flow_at(coords, field)
             grid = to_view_normalized(coords + flow, src_geom, self.image_hw)
             band_out = F.grid_sample(x[..., i0:i1, :] + delta, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -222,7 +226,7 @@ class Perturbation(nn.Module):
             self.noise[0].copy_(torch.maximum(torch.minimum(self.noise[0], 1 - clean_views[0]), -clean_views[0]))
         for i in range(1, len(self.views)):
             geometry = self.views[i]
-            coords = view_coordinates(geometry, self.image_hw, self.noise[i].device)
+            coords = view_coordinates(geometry, self.image_hw, self.noise[i].device, dtype=self.noise[i].dtype)
             base = self.raw_noise_at(coords, skip=i)
             w = feather_window(to_view_normalized(coords, geometry, self.image_hw), self.bounds.feather).clamp_min(1e-6)
             lo = torch.maximum(-eps - base, -clean_views[i] - base) / w
