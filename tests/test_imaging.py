@@ -657,3 +657,149 @@ def test_photo_is_the_documented_dataclass():
     for name in ("path", "format", "rgb", "alpha", "bit_depth", "notes", "exif", "icc_profile", "xmp",
                  "jpeg_qtables", "jpeg_subsampling", "jpeg_progressive", "mode"):
         assert name in fields
+
+
+# ----------------------------------------------------------------------------------------------
+# Camera RAW (rawpy): a tiny DNG made here (Bayer CFA, 16-bit, EXIF, Orientation 6)
+
+
+def make_dng(h: int = 64, w: int = 96, orientation: int = 6) -> bytes:
+    from ghostmesh_daemon.imaging.tiffmeta import serialize_ifds
+
+    e = "<"
+
+    def rats(tag, vals, typ=5, code="II"):
+        return Entry(tag, typ, len(vals), b"".join(struct.pack(f"{e}{code}", int(round(v * 10000)), 10000) for v in vals))
+
+    y, x = np.mgrid[0:h, 0:w]
+    r, g, b = 0.2 + 0.6 * x / w, 0.2 + 0.6 * y / h, np.full((h, w), 0.5)
+    cfa = np.where((y % 2 == 0) & (x % 2 == 0), r, np.where((y % 2 == 1) & (x % 2 == 1), b, g))
+    data = (cfa * 4000 + 64).astype("<u2").tobytes()
+    exif = [make_entry(e, 0x9003, 2, "2022:05:01 10:00:00"), rats(0x829A, [1 / 125]), rats(0x829D, [4.0]),
+            make_entry(e, 0x8827, SHORT, [400])]
+    ifd = [
+        make_entry(e, 254, LONG, [0]), make_entry(e, 256, LONG, [w]), make_entry(e, 257, LONG, [h]),
+        make_entry(e, 258, SHORT, [16]), make_entry(e, 259, SHORT, [1]), make_entry(e, 262, SHORT, [32803]),
+        make_entry(e, 271, 2, "GhostCam"), make_entry(e, 272, 2, "RAW 1"),
+        make_entry(e, 273, LONG, [8]), make_entry(e, 274, SHORT, [orientation]),
+        make_entry(e, 277, SHORT, [1]), make_entry(e, 278, LONG, [h]), make_entry(e, 279, LONG, [len(data)]),
+        make_entry(e, 284, SHORT, [1]), make_entry(e, 306, 2, "2022:05:01 10:00:00"),
+        make_entry(e, 33421, SHORT, [2, 2]), make_entry(e, 33422, 1, [0, 1, 1, 2]),
+        Entry(0x8769, LONG, 1, b"", exif),
+        make_entry(e, 50706, 1, [1, 4, 0, 0]), make_entry(e, 50708, 2, "GhostCam RAW 1"),
+        make_entry(e, 50714, SHORT, [64]), make_entry(e, 50717, SHORT, [4095]),
+        rats(50721, [1, 0, 0, 0, 1, 0, 0, 0, 1], typ=10, code="ii"), make_entry(e, 50778, SHORT, [21]),
+        rats(50728, [1, 1, 1]),
+    ]
+    return b"II*\x00" + struct.pack("<I", 8 + len(data)) + data + serialize_ifds(e, ifd, 8 + len(data))
+
+
+@pytest.mark.parametrize("raw_output,fmt,ext,bits", [("jpeg", "JPEG", ".jpg", 8), ("tiff16", "TIFF", ".tif", 16)])
+def test_raw_is_developed_and_written_in_the_chosen_format(tmp_path, raw_output, fmt, ext, bits):
+    pytest.importorskip("rawpy", reason="camera RAW support is optional: pip install 'ghostmesh[raw]'")
+    src = tmp_path / "IMG_1.dng"
+    src.write_bytes(make_dng(orientation=6))
+    photo = read_photo(src, raw_output=raw_output)
+    assert photo.format == fmt and photo.source_format == "RAW" and photo.size == (64, 96)  # rotated upright
+    dest = output_path(src, raw_output=raw_output)
+    assert dest.name == f"IMG_1.ghost{ext}"
+    notes = write_photo(photo, perturb(photo.rgb), dest)
+    assert any("RAW" in n for n in notes)
+    with Image.open(dest) as out:
+        assert out.format == fmt and out.size == (64, 96)
+        ex = out.getexif()
+        assert ex[0x010F] == "GhostCam" and ex[0x0110] == "RAW 1" and ex.get(0x0112, 1) == 1
+        assert ex.get_ifd(0x8769)[0x9003] == "2022:05:01 10:00:00" and ex.get_ifd(0x8769)[0x8827] == 400
+        assert out.info.get("icc_profile") == photo_mod._srgb_icc()
+    assert read_photo(dest).bit_depth == bits
+    with pytest.raises(PhotoError, match="over the 0.001 MP limit"):
+        read_photo(src, max_megapixels=0.001)
+    with pytest.raises(PhotoError, match="raw_output"):
+        read_photo(src, raw_output="png")  # type: ignore[arg-type]
+
+
+def test_raw_without_rawpy_or_damaged_is_refused_by_name(tmp_path, monkeypatch):
+    bad = tmp_path / "broken.nef"
+    bad.write_bytes(b"not a raw file at all" * 10)
+    with pytest.raises(PhotoError, match=r"broken\.nef: (cannot read this RAW file|camera RAW needs rawpy)"):
+        read_photo(bad)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "rawpy", None)  # as if not installed
+    src = tmp_path / "IMG_2.dng"
+    src.write_bytes(make_dng())
+    with pytest.raises(PhotoError, match=r"IMG_2\.dng: camera RAW needs rawpy"):
+        read_photo(src)
+
+
+# ----------------------------------------------------------------------------------------------
+# XMP thumbnails and GPS, PNG colour key, high-bit-depth HEIF
+
+XMP_WITH_THUMB_AND_GPS = b"""<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:xmpGImg="http://ns.adobe.com/xap/1.0/g/img/"
+ xmlns:exif="http://ns.adobe.com/exif/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/"
+ exif:GPSLatitude="43,28.0N" exif:GPSLongitude="11,52.0E" xmp:Rating="5">
+<xmp:Thumbnails><rdf:Alt><rdf:li rdf:parseType="Resource"><xmpGImg:format>JPEG</xmpGImg:format>
+<xmpGImg:image>/9j/4AAQSkZJRgABAgEASABIAAD/7QAsUGhvdG9zaG9wIDMuMAA4QklNA+0AAAAAABAASAAAAAEA</xmpGImg:image>
+</rdf:li></rdf:Alt></xmp:Thumbnails>
+<exif:GPSAltitude>120/1</exif:GPSAltitude>
+<dc:creator><rdf:Seq><rdf:li>Ghost</rdf:li></rdf:Seq></dc:creator>
+</rdf:Description></rdf:RDF></x:xmpmeta>"""
+
+
+@pytest.mark.parametrize("fmt,name", [("JPEG", "x.jpg"), ("PNG", "x.png"), ("WEBP", "x.webp")])
+def test_xmp_thumbnail_removed_and_gps_stripped_on_request(tmp_path, fmt, name):
+    src = tmp_path / name
+    kw = {"lossless": True} if fmt == "WEBP" else {}
+    if fmt == "PNG":  # Pillow writes no XMP into PNG: put it where Adobe does (iTXt)
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", XMP_WITH_THUMB_AND_GPS.decode())
+        kw["pnginfo"] = info
+    else:
+        kw["xmp"] = XMP_WITH_THUMB_AND_GPS
+    Image.fromarray(u8(gradient())).save(src, format=fmt, **kw)
+    photo = read_photo(src)
+    assert photo.xmp == XMP_WITH_THUMB_AND_GPS
+    notes = write_photo(photo, photo.rgb, output_path(src))
+    assert "XMP thumbnail removed" in notes
+    xmp = read_photo(output_path(src)).xmp
+    if fmt != "PNG":
+        with Image.open(output_path(src)) as out:
+            assert out.info["xmp"] == xmp
+    assert b"Thumbnails" not in xmp and b"xmpGImg:image" not in xmp
+    assert b'exif:GPSLatitude="43,28.0N"' in xmp and b"<rdf:li>Ghost</rdf:li>" in xmp and b'xmp:Rating="5"' in xmp
+    dest = tmp_path / f"nogps.ghost{src.suffix}"
+    notes = write_photo(photo, photo.rgb, dest, strip_gps=True)
+    assert any("XMP" in n and "GPS" in n for n in notes)
+    xmp = read_photo(dest).xmp
+    assert b"GPS" not in xmp and b"<rdf:li>Ghost</rdf:li>" in xmp and b'xmp:Rating="5"' in xmp
+
+
+def test_png_colour_key_becomes_alpha(tmp_path):
+    src = tmp_path / "k.png"
+    arr = u8(gradient())
+    arr[:10, :10] = (1, 2, 3)
+    Image.fromarray(arr).save(src, transparency=(1, 2, 3))
+    photo = read_photo(src)
+    assert photo.alpha is not None and (photo.alpha[:10, :10] == 0).all() and (photo.alpha[20:] == 255).all()
+    write_photo(photo, photo.rgb, output_path(src))
+    with Image.open(output_path(src)) as out:
+        assert out.mode == "RGBA" and (np.asarray(out)[:10, :10, 3] == 0).all()
+
+
+def test_high_bit_depth_heif_is_kept_above_8_bits(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    src = tmp_path / "hdr.heic"
+    arr = u16(gradient(64, 96))
+    pillow_heif.from_bytes("RGB;16", (96, 64), arr.tobytes()).save(src, quality=90)
+    with Image.open(src) as im:
+        assert im.info["bit_depth"] == 10
+    photo = read_photo(src)
+    assert photo.bit_depth == 16
+    write_photo(photo, photo.rgb, output_path(src))
+    with Image.open(output_path(src)) as out:
+        assert out.info["bit_depth"] == 10 and out.size == (96, 64)
+    again = read_photo(output_path(src))
+    assert np.abs(again.rgb - photo.rgb).mean() < 0.01

@@ -135,11 +135,13 @@ def splice(
     *,
     exif: bytes | None,
     keep_icc: bool = True,
+    xmp: bytes | None = None,
 ) -> tuple[bytes, list[str]]:
     """The final file: ``encoded``'s tables and scans, the original's metadata segments.
 
     ``exif`` replaces the original's EXIF APP1 payload (already patched, no prefix); ``None``
     drops it. ``keep_icc=False`` drops the original's ICC segments (the pixels were converted).
+    ``xmp`` (when not None) replaces the standard XMP packet.
     """
     notes: list[str] = []
     new = parse(encoded)
@@ -155,6 +157,8 @@ def splice(
             if exif is None:
                 continue
             payload = EXIF_PREFIX + exif
+        elif seg.marker == APP1 and payload.startswith(XMP_PREFIX) and xmp is not None:
+            payload = XMP_PREFIX + xmp
         elif seg.marker == APP2 and payload.startswith(b"MPF\x00"):
             dropped_mpf += 1
             continue

@@ -27,6 +27,7 @@ from . import png as pngc
 from .atomic import atomic_output
 from .naming import is_output
 from .tiffio import DROPPED, write_tiff
+from .xmp import scrub_xmp
 from .tiffmeta import (
     SUB_IFD_TAGS,
     TAG_GPS_IFD,
@@ -200,6 +201,8 @@ def _load(path: Path, im: Image.Image) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im.load()
+    except MemoryError:
+        raise PhotoError(path, f"not enough memory to decode {im.size[0]}x{im.size[1]}") from None
     except Exception as e:  # noqa: BLE001
         raise PhotoError(path, f"cannot decode: truncated or corrupt image data ({_why(e)})") from None
 
@@ -496,6 +499,13 @@ def _read_png(path: Path, data: bytes, im: Image.Image) -> Photo:
     except pngc.PngStructureError as e:
         raise PhotoError(path, f"truncated or corrupt PNG ({e})") from None
     colour, alpha, bits, channels, _, converted = _pixels(path, im, data, notes)
+    trns = next((c.data for c in chunks if c.kind == b"tRNS"), None)
+    if alpha is None and trns and im.mode not in ("P", "PA", "1") and len(trns) in (2, 6):
+        key = np.array(struct.unpack(f">{len(trns) // 2}H", trns), dtype=colour.dtype)
+        if key.size == colour.shape[-1]:
+            top = 65535 if bits == 16 else 255
+            alpha = np.where((colour == key).all(axis=-1), 0, top).astype(colour.dtype)
+            notes.append("colour-key transparency (tRNS) written as an alpha channel")
     exif = pngc.find_exif(chunks)
     orientation = _exif_orientation(exif, notes)
     ihdr = chunks[0].data if chunks and chunks[0].kind == b"IHDR" else b""
@@ -701,17 +711,21 @@ def write_photo(
     if unorient_to != 1:
         notes.append(f"EXIF Orientation {photo.orientation} kept (the EXIF could not be edited): pixels written in the stored layout")
     colour, alpha = _output_pixels(photo, rgb, unorient_to)
+    xmp = None
+    if photo.xmp:
+        xmp, xmp_notes = scrub_xmp(photo.xmp, strip_gps=strip_gps)
+        notes += xmp_notes
     try:
         if photo.format == "JPEG":
-            data, more = _encode_jpeg(photo, colour, exif.data)
+            data, more = _encode_jpeg(photo, colour, exif.data, xmp)
         elif photo.format == "PNG":
-            data, more = _encode_png(photo, colour, alpha, exif.data)
+            data, more = _encode_png(photo, colour, alpha, exif.data, xmp)
         elif photo.format == "WEBP":
-            data, more = _encode_webp(photo, colour, alpha, exif.data)
+            data, more = _encode_webp(photo, colour, alpha, exif.data, xmp)
         elif photo.format == "TIFF":
-            data, more = _encode_tiff(photo, colour, alpha, exif.data, strip_gps)
+            data, more = _encode_tiff(photo, colour, alpha, exif.data, strip_gps, xmp)
         elif photo.format == "HEIF":
-            data, more = _encode_heif(photo, colour, alpha, exif.data)
+            data, more = _encode_heif(photo, colour, alpha, exif.data, xmp)
         else:
             raise PhotoError(dest, f"cannot write {photo.format}")
     except PhotoError:
@@ -750,7 +764,7 @@ def _pil(colour: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
     return Image.fromarray(colour[..., 0], "L") if c == 1 else Image.fromarray(colour, "RGB")
 
 
-def _encode_jpeg(photo: Photo, colour: np.ndarray, exif: bytes | None) -> tuple[bytes, list[str]]:
+def _encode_jpeg(photo: Photo, colour: np.ndarray, exif: bytes | None, xmp: bytes | None) -> tuple[bytes, list[str]]:
     im = _pil(colour, None)
     params: dict[str, Any] = {"optimize": True, "progressive": photo.jpeg_progressive}
     if photo.jpeg_qtables:
@@ -770,19 +784,20 @@ def _encode_jpeg(photo: Photo, colour: np.ndarray, exif: bytes | None) -> tuple[
         segs = []
         if exif:
             segs.append(jpegc.Segment(jpegc.APP1, jpegc.EXIF_PREFIX + exif))
-        if photo.xmp:
-            segs.append(jpegc.Segment(jpegc.APP1, jpegc.XMP_PREFIX + photo.xmp))
+        if xmp:
+            segs.append(jpegc.Segment(jpegc.APP1, jpegc.XMP_PREFIX + xmp))
         layout.head = segs
         return jpegc.splice(layout, encoded, exif=exif, keep_icc=False)
-    return jpegc.splice(layout, encoded, exif=exif, keep_icc=not photo.colour_converted)
+    return jpegc.splice(layout, encoded, exif=exif, keep_icc=not photo.colour_converted, xmp=xmp)
 
 
-def _encode_png(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exif: bytes | None) -> tuple[bytes, list[str]]:
+def _encode_png(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exif: bytes | None,
+                xmp: bytes | None) -> tuple[bytes, list[str]]:
     pixels = colour if alpha is None else np.concatenate([colour, alpha[..., None].astype(colour.dtype)], axis=-1)
     ihdr, stream = pngc.encode(pixels, photo.bit_depth)
     extra = [pngc.icc_chunk(_srgb_icc(), b"sRGB")] if photo.colour_converted else []
     return pngc.assemble(photo.container or [], ihdr, stream, exif=exif, keep_icc=not photo.colour_converted,
-                         extra=extra), []
+                         extra=extra, xmp=xmp), []
 
 
 def _match_size(encode: Callable[[Image.Image, int], bytes], im: Image.Image, target_bpp: float,
@@ -804,13 +819,14 @@ def _match_size(encode: Callable[[Image.Image, int], bytes], im: Image.Image, ta
     return best
 
 
-def _encode_webp(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exif: bytes | None) -> tuple[bytes, list[str]]:
+def _encode_webp(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exif: bytes | None,
+                 xmp: bytes | None) -> tuple[bytes, list[str]]:
     im = _pil(colour, alpha)
     params: dict[str, Any] = {}
     if exif:
         params["exif"] = exif
-    if photo.xmp:
-        params["xmp"] = photo.xmp
+    if xmp:
+        params["xmp"] = xmp
     if photo.icc_profile:
         params["icc_profile"] = photo.icc_profile
     if alpha is not None:
@@ -835,7 +851,8 @@ def _encode_webp(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exi
     return buf.getvalue(), notes
 
 
-def _encode_heif(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exif: bytes | None) -> tuple[bytes, list[str]]:
+def _encode_heif(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exif: bytes | None,
+                 xmp: bytes | None) -> tuple[bytes, list[str]]:
     if pillow_heif is None:  # pragma: no cover
         raise PhotoError(photo.path, "HEIF output needs pillow-heif")
     h, w = colour.shape[:2]
@@ -855,8 +872,8 @@ def _encode_heif(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exi
     params: dict[str, Any] = {}
     if exif:
         params["exif"] = b"Exif\x00\x00" + exif
-    if photo.xmp:
-        params["xmp"] = photo.xmp
+    if xmp:
+        params["xmp"] = xmp
     if photo.icc_profile:
         params["icc_profile"] = photo.icc_profile
     chroma = photo.encoder.get("chroma")
@@ -884,7 +901,7 @@ def _encode_heif(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exi
 
 
 def _encode_tiff(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exif: bytes | None,
-                 strip_gps: bool) -> tuple[bytes, list[str]]:
+                 strip_gps: bool, xmp: bytes | None) -> tuple[bytes, list[str]]:
     notes: list[str] = []
     enc = photo.encoder
     endian = enc.get("endian", "<")
@@ -899,6 +916,8 @@ def _encode_tiff(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exi
                 continue
             if e.tag == 34675 and photo.colour_converted:
                 continue
+            if e.tag == 700 and xmp is not None:
+                e = Entry(700, e.typ if e.typ in (1, 7) else 1, len(xmp), xmp)
             if e.tag in SUB_IFD_TAGS and e.sub is None:
                 continue  # a pointer we could not follow: do not write a dangling one
             if e.tag == 34377:  # Photoshop resources: drop the thumbnail resources

@@ -122,7 +122,7 @@ def encode(pixels: np.ndarray, bit_depth: int, *, level: int = 6) -> tuple[bytes
 
 
 def assemble(original: list[Chunk], ihdr: bytes, stream: bytes, *, exif: bytes | None, keep_icc: bool = True,
-             extra: list[Chunk] | None = None) -> bytes:
+             extra: list[Chunk] | None = None, xmp: bytes | None = None) -> bytes:
     """Signature, IHDR, the original's descriptive chunks (eXIf replaced), new IDATs, IEND."""
     out = bytearray(SIGNATURE + _chunk(b"IHDR", ihdr))
     wrote_exif = False
@@ -136,6 +136,9 @@ def assemble(original: list[Chunk], ihdr: bytes, stream: bytes, *, exif: bytes |
                 wrote_exif = True
             continue
         if c.kind in (b"iCCP", b"sRGB", b"gAMA", b"cHRM") and not keep_icc:
+            continue
+        if c.kind == b"iTXt" and xmp is not None and c.data.startswith(b"XML:com.adobe.xmp\x00"):
+            out += _chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp)
             continue
         if c.kind in _COPY_BEFORE_DATA or (c.kind[3:4].islower()):  # known, or safe-to-copy
             out += _chunk(c.kind, c.data)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PhotoError
-from .tiffmeta import SUB_IFD_TAGS, TiffStructureError, header, parse_ifd
+from .tiffmeta import TiffStructureError, header, parse_ifd
 
 # IFD0 tags worth carrying from a RAW into the developed copy (who, when, what with).
 _KEEP_IFD0 = {0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298, 0x02BC, 0x83BB, 0x8769, 0x8825}
@@ -31,8 +31,10 @@ def _exif_from_raw(data: bytes) -> tuple[bytes | None, bytes | None, list[str]]:
         return None, None, ["EXIF not carried: this RAW container is not TIFF-based"]
     xmp = ifd0.get(0x02BC)
     block = exif_from_tiff_entries(endian, ifd0.entries, lambda t: t in _KEEP_IFD0 and t != 0x02BC)
-    notes = ["MakerNote not carried from the RAW file"]
-    _ = SUB_IFD_TAGS
+    exif_ifd = ifd0.get(0x8769)
+    notes = []
+    if exif_ifd is not None and exif_ifd.sub and any(e.tag == 0x927C for e in exif_ifd.sub):
+        notes.append("MakerNote not carried from the RAW file (its offsets point into the RAW)")
     return block, (xmp.data if xmp is not None else None), notes
 
 
