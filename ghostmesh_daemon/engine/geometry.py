@@ -56,16 +56,18 @@ def pixel_to_normalized(points: Tensor, h: int, w: int) -> Tensor:
 def affine_patch(image: Tensor, patch_to_image: Tensor, size: tuple[int, int]) -> Tensor:
     """Sample a (1, C, h, w) patch whose pixel (c, r) lies at ``patch_to_image @ [c, r, 1]`` in ``image``.
 
-    When the patch is smaller than the area it covers, the image is first downscaled by that factor
-    with antialiasing, as dlib's chip extractor does with its image pyramid: plain bilinear sampling
-    would alias, and the descriptor would see a different chip than dlib does.
+    When the patch covers more than twice its size, the image is first halved (with antialiasing)
+    as many times as dlib's chip extractor goes down its image pyramid: while the halved area is
+    still larger than the patch. Bilinear sampling does the rest, as in dlib, so the descriptor sees
+    the chip dlib would cut.
     """
     check_image(image)
     a = patch_to_image.to(dtype=torch.float64, device="cpu")
     step = math.sqrt(abs(float(torch.det(a[:, :2]))))  # image pixels per patch pixel
     h_img, w_img = image.shape[-2:]
-    if step > 1.5:
-        factor = step
+    levels = max(0, math.ceil(math.log2(step)) - 1) if step > 1 else 0
+    if levels:
+        factor = 2.0**levels
         small = (max(1, round(h_img / factor)), max(1, round(w_img / factor)))
         fy, fx = h_img / small[0], w_img / small[1]
         image = downscale(image, small)
