@@ -803,3 +803,37 @@ def test_high_bit_depth_heif_is_kept_above_8_bits(tmp_path):
         assert out.info["bit_depth"] == 10 and out.size == (96, 64)
     again = read_photo(output_path(src))
     assert np.abs(again.rgb - photo.rgb).mean() < 0.01
+
+
+def test_tiff_preview_page_is_dropped_but_real_pages_refused(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    src = tmp_path / "scan.tif"
+    full = u8(gradient(60, 80))
+    with tifffile.TiffWriter(src) as t:
+        t.write(full, photometric="rgb")
+        t.write(full[::4, ::4], photometric="rgb", subfiletype=1)  # a reduced-resolution preview
+    photo = read_photo(src)
+    assert photo.size == (80, 60) and any("preview page" in n for n in photo.notes)
+    write_photo(photo, photo.rgb, output_path(src))
+    with tifffile.TiffFile(output_path(src)) as t:
+        assert len(t.pages) == 1
+
+
+def test_png_legacy_raw_profile_exif_becomes_exif_chunk(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    block = camera_exif(6, thumbnail=True)
+    hexed = block.hex()
+    text = "\nexif\n" + f"{len(block):8d}\n" + "\n".join(hexed[i : i + 72] for i in range(0, len(hexed), 72)) + "\n"
+    info = PngInfo()
+    info.add_text("Raw profile type exif", text, zip=True)
+    src = tmp_path / "im.png"
+    Image.fromarray(u8(gradient())).save(src, pnginfo=info)
+    photo = read_photo(src)
+    assert photo.orientation == 6 and photo.size == (48, 64)
+    notes = write_photo(photo, photo.rgb, output_path(src))
+    assert "EXIF thumbnail removed" in notes and any("Raw profile" in n for n in notes)
+    data = output_path(src).read_bytes()
+    assert b"Raw profile" not in data
+    ex = exif_of(output_path(src))
+    assert ex[0x0112] == 1 and ex[0x010F] == "GhostCam"

@@ -292,9 +292,7 @@ def read_photo(
     if fmt not in ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "HEIF"):
         raise PhotoError(path, f"{fmt} files are not supported (supported: JPEG, PNG, WebP, TIFF, HEIC/HEIF, RAW)")
     frames = _frames(im)
-    if frames > 1 and fmt == "TIFF":
-        raise PhotoError(path, f"multi-page TIFF ({frames} pages) is not supported; split the pages first")
-    if frames > 1 and fmt not in ("MPO",):
+    if frames > 1 and fmt not in ("MPO", "TIFF"):
         kind = {"PNG": "animated PNG", "WEBP": "animated WebP", "HEIF": "HEIF image sequence"}.get(fmt, fmt)
         raise PhotoError(path, f"{kind} ({frames} frames): animated files are not supported")
     if fmt in ("JPEG", "MPO"):
@@ -507,6 +505,13 @@ def _read_png(path: Path, data: bytes, im: Image.Image) -> Photo:
             alpha = np.where((colour == key).all(axis=-1), 0, top).astype(colour.dtype)
             notes.append("colour-key transparency (tRNS) written as an alpha channel")
     exif = pngc.find_exif(chunks)
+    legacy = pngc.find_raw_profile_exif(chunks)
+    if legacy is not None:
+        chunks = [c for c in chunks if not pngc.is_raw_profile(c)]
+        if exif is None and legacy:
+            exif = legacy
+        notes.append("legacy 'Raw profile' EXIF text chunk replaced by a standard eXIf chunk"
+                     if legacy and pngc.find_exif(chunks) is None else "legacy 'Raw profile' EXIF text chunk removed")
     orientation = _exif_orientation(exif, notes)
     ihdr = chunks[0].data if chunks and chunks[0].kind == b"IHDR" else b""
     if len(ihdr) == 13 and ihdr[12]:
@@ -544,6 +549,21 @@ def _read_webp(path: Path, data: bytes, im: Image.Image) -> Photo:
                             "original_bytes": len(chunks.get(b"VP8 ", b"")) + len(chunks.get(b"ALPH", b""))})
 
 
+def _tiff_pages(data: bytes, endian: str, first: int) -> list[int]:
+    """NewSubfileType of every page in the IFD chain (bit 0 set: a reduced-resolution preview)."""
+    kinds, seen, off = [], set(), first
+    while off and off not in seen and len(kinds) < 1000:
+        seen.add(off)
+        try:
+            ifd = parse_ifd(data, off, endian, subs=())
+        except (TiffStructureError, struct.error):
+            break
+        e = ifd.get(254)
+        kinds.append(e.ints(endian)[0] if e is not None else 0)
+        off = ifd.next_offset
+    return kinds
+
+
 def _read_tiff(path: Path, data: bytes, im: Image.Image) -> Photo:
     notes: list[str] = []
     try:
@@ -551,6 +571,14 @@ def _read_tiff(path: Path, data: bytes, im: Image.Image) -> Photo:
         ifd0 = parse_ifd(data, off, endian)
     except (TiffStructureError, struct.error) as e:
         raise PhotoError(path, f"TIFF structure cannot be read ({e})") from None
+    pages = _tiff_pages(data, endian, off)
+    if pages and pages[0] & 1:
+        raise PhotoError(path, "the TIFF's first image is a reduced-resolution preview (a RAW-style TIFF); not supported")
+    full = [k for k in pages if not k & 1]
+    if len(full) > 1:
+        raise PhotoError(path, f"multi-page TIFF ({len(full)} pages) is not supported; split the pages first")
+    if len(pages) > 1:
+        notes.append(f"{len(pages) - 1} TIFF preview page(s) removed")
     planar = ifd0.get(284)
     if planar is not None and planar.ints(endian)[0] == 2:
         notes.append("planar TIFF written as interleaved")
@@ -701,9 +729,11 @@ def write_photo(
         if dest.resolve() == photo.path.resolve():
             raise PhotoError(dest, "refusing to overwrite the original")
     exists = dest.exists() or dest.is_symlink()
-    if exists and not (overwrite_ours and is_output(dest) and not dest.is_symlink()):
-        why = "is not a Ghost Mesh output" if not is_output(dest) else "exists (a previous output; allow overwriting ours to replace it)"
-        raise PhotoError(dest, f"already exists and {why}; not overwritten" if not is_output(dest) else f"already {why}")
+    if exists:
+        if not is_output(dest) or dest.is_symlink():
+            raise PhotoError(dest, "already exists and is not a Ghost Mesh output; not overwritten")
+        if not overwrite_ours:
+            raise PhotoError(dest, "already exists (a previous Ghost Mesh output; not replaced unless asked to)")
     notes = list(photo.notes)
     exif = prepare_exif(photo, photo.size, strip_gps)
     notes += exif.notes
@@ -794,7 +824,17 @@ def _encode_jpeg(photo: Photo, colour: np.ndarray, exif: bytes | None, xmp: byte
 def _encode_png(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exif: bytes | None,
                 xmp: bytes | None) -> tuple[bytes, list[str]]:
     pixels = colour if alpha is None else np.concatenate([colour, alpha[..., None].astype(colour.dtype)], axis=-1)
-    ihdr, stream = pngc.encode(pixels, photo.bit_depth)
+    if photo.bit_depth == 8 or pixels.shape[-1] == 1:
+        # Pillow's encoder (faster, smaller files) covers 8-bit and 16-bit grey; we keep its
+        # IHDR and image data and supply every other chunk ourselves.
+        im = _pil(colour, alpha) if photo.bit_depth == 8 else Image.fromarray(np.ascontiguousarray(pixels[..., 0], dtype=np.uint16))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        encoded = pngc.parse(buf.getvalue())
+        ihdr = encoded[0].data
+        stream = b"".join(c.data for c in encoded if c.kind == b"IDAT")
+    else:  # 16-bit colour or grey+alpha: Pillow cannot write these
+        ihdr, stream = pngc.encode(pixels, photo.bit_depth)
     extra = [pngc.icc_chunk(_srgb_icc(), b"sRGB")] if photo.colour_converted else []
     return pngc.assemble(photo.container or [], ihdr, stream, exif=exif, keep_icc=not photo.colour_converted,
                          extra=extra, xmp=xmp), []
@@ -897,7 +937,10 @@ def _encode_heif(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exi
         heif.save(buf, quality=q, **params)
     else:
         img_for_search.save(buf, format="HEIF", quality=q, **params)
-    return buf.getvalue(), [f"HEIF re-encoded at quality {q} (matched to the original's size)"]
+    notes = [f"HEIF re-encoded at quality {q} (matched to the original's size)"]
+    if alpha is not None:
+        notes.append("HEIF alpha re-encoded (HEIF stores alpha as a lossy image)")
+    return buf.getvalue(), notes
 
 
 def _encode_tiff(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exif: bytes | None,

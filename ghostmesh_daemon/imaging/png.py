@@ -156,3 +156,37 @@ def assemble(original: list[Chunk], ihdr: bytes, stream: bytes, *, exif: bytes |
 
 def icc_chunk(profile: bytes, name: bytes = b"ICC profile") -> Chunk:
     return Chunk(b"iCCP", name + b"\x00\x00" + zlib.compress(profile))
+
+
+_RAW_PROFILE_KEYS = (b"Raw profile type exif", b"Raw profile type APP1")
+
+
+def is_raw_profile(c: Chunk) -> bool:
+    """ImageMagick's legacy hex copy of the EXIF (thumbnail included) in a text chunk."""
+    return c.kind in (b"tEXt", b"zTXt", b"iTXt") and any(c.data.startswith(k + b"\x00") for k in _RAW_PROFILE_KEYS)
+
+
+def find_raw_profile_exif(chunks: list[Chunk]) -> bytes | None:
+    """The EXIF block from a legacy raw-profile chunk: b"" if present but unreadable, None if absent."""
+    for c in chunks:
+        if not is_raw_profile(c):
+            continue
+        key, _, rest = c.data.partition(b"\x00")
+        try:
+            if c.kind == b"zTXt":
+                text = zlib.decompress(rest[1:])
+            elif c.kind == b"iTXt":
+                flag, rest = rest[0], rest[2:]
+                _lang, _, rest = rest.partition(b"\x00")
+                _tk, _, text = rest.partition(b"\x00")
+                text = zlib.decompress(text) if flag else text
+            else:
+                text = rest
+            lines = text.strip().split(b"\n")
+            blob = bytes.fromhex(b"".join(line.strip() for line in lines[2:]).decode("ascii"))
+        except (ValueError, zlib.error, IndexError):
+            return b""
+        if blob.startswith(b"Exif\x00\x00"):
+            blob = blob[6:]
+        return blob if blob[:4] in (b"II*\x00", b"MM\x00*") else b""
+    return None
