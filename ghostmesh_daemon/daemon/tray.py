@@ -157,17 +157,27 @@ class Tray:
     # --- tray side -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.icon.run(setup=self._apply_loop)
+        self.icon.run(setup=self._setup)
 
     def stop(self) -> None:
+        """Stop applying updates first, then stop the icon: pystray's X backend runs each update on
+        its loop and waits for it, so an update sent after the loop ended would wait forever."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        updater = getattr(self, "_updater", None)
+        if updater is not None:
+            updater.join(2.0)
         self.icon.stop()
 
-    def _apply_loop(self, icon: Any) -> None:
-        """pystray's setup thread: show the icon, then apply each new summary to it."""
+    def _setup(self, icon: Any) -> None:
+        """pystray's setup thread: show the icon, then hand updates to a thread of our own (a daemon
+        thread, so a backend that hangs can never keep the process alive at exit)."""
         icon.visible = True
+        self._updater = threading.Thread(target=self._apply_loop, name="ghostmesh-tray", daemon=True)
+        self._updater.start()
+
+    def _apply_loop(self) -> None:
         while True:
             with self._cond:
                 while not self._stopped and self._summary is self._applied:
@@ -176,6 +186,6 @@ class Tray:
                     return
                 summary = self._applied = self._summary
             state = summary.get("state", "starting")
-            icon.icon = icon_image(state)
-            icon.title = f"Ghost Mesh: {status_line(summary)}"
-            icon.update_menu()
+            self.icon.icon = icon_image(state)
+            self.icon.title = f"Ghost Mesh: {status_line(summary)}"
+            self.icon.update_menu()
