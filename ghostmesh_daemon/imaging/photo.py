@@ -336,8 +336,6 @@ def _exif_orientation(block: bytes | None, notes: list[str]) -> int:
 def _pixels(path: Path, im: Image.Image, data: bytes, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None, int, str, bool, bool]:
     """(colour (H, W, C) uint8/uint16, alpha or None, bit depth, channels, premultiplied, converted)."""
     mode = im.mode
-    premultiplied = False
-    converted = False
     if im.format in ("PNG", "TIFF") and _rawmode(im).startswith("LA;16"):
         # 16-bit grey+alpha: Pillow has no unpacker, but its 4 bytes per pixel decode as RGBA bytes.
         big = _rawmode(im).endswith("B") or (_rawmode(im).endswith("N") and not np.little_endian)
@@ -475,16 +473,13 @@ def _read_jpeg(path: Path, data: bytes, im: Image.Image) -> Photo:
     colour, alpha, bits, channels, _, converted = _pixels(path, im, data, notes)
     exif = jpegc.find_exif(layout)
     orientation = _exif_orientation(exif, notes)
-    icc = jpegc.find_icc(layout)
-    if converted:
-        notes_icc = None
-    else:
-        notes_icc = icc
+    icc = None if converted else jpegc.find_icc(layout)  # a CMYK profile no longer describes the pixels
     if channels == "RGB" and sampling_note:
         notes.append(sampling_note)
     return _finish(
         path, "JPEG", fmt, im.mode, colour, alpha, bits, channels, False, orientation, notes,
-        exif=exif, icc_profile=notes_icc, xmp=jpegc.find_xmp(layout), jpeg_qtables=qtables if channels == "RGB" else qtables[:1],
+        exif=exif, icc_profile=icc, xmp=jpegc.find_xmp(layout),
+        jpeg_qtables=qtables if channels == "RGB" else qtables[:1],
         jpeg_subsampling=subsampling if channels == "RGB" else None, jpeg_progressive=layout.progressive,
         colour_converted=converted, container=layout,
     )

@@ -39,7 +39,7 @@ def _exif_from_raw(data: bytes) -> tuple[bytes | None, bytes | None, list[str]]:
 
 
 def read_raw(path: Path, data: bytes, *, max_megapixels: float, raw_output: str):
-    from .photo import Photo, _bomb_check, _srgb_icc  # noqa: F401
+    from .photo import Photo, _bomb_check, _srgb_icc
 
     if raw_output not in ("jpeg", "tiff16"):
         raise PhotoError(path, f"raw_output must be 'jpeg' or 'tiff16', not {raw_output!r}")

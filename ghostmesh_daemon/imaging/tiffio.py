@@ -20,7 +20,7 @@ from .tiffmeta import LONG, SHORT, Entry, make_entry, serialize_ifds
 STRUCTURAL = {
     254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 274, 277, 278, 279, 280, 281, 284, 290, 291, 292, 293,
     317, 320, 322, 323, 324, 325, 338, 339, 340, 341, 347, 512, 513, 514, 515, 517, 518, 519, 520, 521,
-    529, 530, 531, 532, 0x0201, 0x0202,
+    529, 530, 531, 532,
 }
 # Tags dropped with a note: they hold other images (SubIFDs: previews; ImageSourceData: Photoshop
 # layers, i.e. the unprotected picture).

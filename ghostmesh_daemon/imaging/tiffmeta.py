@@ -297,7 +297,7 @@ def _zero_ifd(buf: bytearray, ifd: Ifd, endian: str) -> list[tuple[int, int]]:
         o, n = ifd.get(off_tag), ifd.get(len_tag)
         if o is not None and n is not None:
             try:
-                spans += list(zip(o.ints(endian), n.ints(endian)))
+                spans += list(zip(o.ints(endian), n.ints(endian), strict=False))
             except (TiffStructureError, struct.error):
                 pass
     zeroed = []
@@ -378,7 +378,7 @@ def serialize_ifds(endian: str, entries: list[Entry], base: int, *, next_offset:
         if len(sub_blobs) % 2:
             sub_blobs += b"\x00"
     out = bytearray(struct.pack(f"{endian}H", len(entries)))
-    for (i, value), e in zip(fixups, entries):
+    for (i, value), e in zip(fixups, entries, strict=True):
         if e.sub is not None:
             out += struct.pack(f"{endian}HHI", e.tag, LONG, 1) + struct.pack(f"{endian}I", sub_ptr[i])
         else:
