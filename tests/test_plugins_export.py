@@ -10,6 +10,7 @@ folder and name contain spaces, quotes and non-ASCII letters.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -35,6 +36,8 @@ NOT_A_PHOTO = b"this is not a JPEG file, only text under a .jpg name\n" * 20
 
 #: Keep the real optimizer short: this checks the plumbing, not the protection's strength.
 FAST_ARGS = "--steps 2 --device cpu"
+#: One face target: loads quickly and needs no download.
+TARGETS = "face"
 
 needs_data = pytest.mark.skipif(
     not (FACE.exists() and CAMERA.exists()),
@@ -84,10 +87,27 @@ def ghostmesh_exe(tmp_path: Path) -> Path:
     return exe
 
 
-def system(cmd: str) -> int:
+def system(cmd: str, env: dict[str, str] | None = None) -> int:
     """What C's ``system()`` returns for ``cmd`` on POSIX: the wait status (exit code << 8)."""
-    r = subprocess.run(cmd, shell=True, executable="/bin/sh", timeout=900)
+    r = subprocess.run(cmd, shell=True, executable="/bin/sh", timeout=900, env=env)
     return r.returncode << 8 if r.returncode >= 0 else -r.returncode
+
+
+def isolated_env(tmp_path: Path, watched: Path | None = None) -> dict[str, str]:
+    """The environment the editor would give ghostmesh, with its own config folder (no user
+    config leaks in); ``watched`` becomes a watched folder of the daemon there."""
+    config_home = tmp_path / "config home"
+    (config_home / "ghostmesh").mkdir(parents=True, exist_ok=True)
+    if watched is not None:
+        (config_home / "ghostmesh" / "config.toml").write_text(
+            f"[[watch]]\npath = {json.dumps(str(watched), ensure_ascii=False)}\n", encoding="utf-8"
+        )
+    return {**os.environ, "XDG_CONFIG_HOME": str(config_home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    (entry,) = json.loads(path.read_text())
+    return entry
 
 
 def command_argv(cmd: str) -> list[str]:
@@ -191,6 +211,7 @@ return dt, fire
 class Host:
     """The calls a plugin made into its host, in order."""
 
+    env: dict[str, str] | None = None
     calls: list[tuple[str, ...]] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
 
@@ -199,7 +220,7 @@ class Host:
 
     def execute(self, cmd: str) -> int:
         self.commands.append(cmd)
-        return system(cmd)
+        return system(cmd, self.env)
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [c[1:] for c in self.calls if c[0] == kind]
@@ -232,7 +253,7 @@ def load_darktable(
 ) -> Darktable:
     lua = lua54.LuaRuntime(unpack_returned_tuples=True)
     assert lua.eval("_VERSION") == "Lua 5.4"
-    host = host or Host()
+    host = host or Host(env=isolated_env(tmp_path))
     tmp_dir = tmp_path / "darktable tmp"
     tmp_dir.mkdir(exist_ok=True)
     configuration = lua.table_from(
@@ -247,40 +268,39 @@ def load_darktable(
 
 
 def dt_prefs(exe: Path, **extra: Any) -> dict[str, Any]:
-    return {"executable": str(exe), "extra_args": FAST_ARGS, **extra}
+    return {"executable": str(exe), "targets": TARGETS, "extra_args": FAST_ARGS, **extra}
 
 
 @posix_only
 @needs_data
 def test_darktable_export_is_replaced_by_its_protected_version(tmp_path, export_dir, ghostmesh_exe):
     photo = make_export(export_dir)
+    exported = photo.read_bytes()
     before_pixels, before_exif = pixels(photo), exif_of(photo)
-    dt = load_darktable(tmp_path, dt_prefs(ghostmesh_exe, steps=2, preset="stealth"))
+    report = tmp_path / "report.json"
+    extra = f"{FAST_ARGS} --report {report}"
+    dt = load_darktable(
+        tmp_path,
+        {"executable": str(ghostmesh_exe), "preset": "stealth", "targets": TARGETS, "steps": 2,
+         "extra_args": extra, "keep_unprotected": True},
+    )
     assert dt.export(photo) == 1
 
     (cmd,) = dt.host.commands
     assert command_argv(cmd) == [
-        str(ghostmesh_exe), "protect", "--in-place", "--preset", "stealth", "--steps", "2",
-        *FAST_ARGS.split(), "--", str(photo),
+        str(ghostmesh_exe), "protect", "--in-place", "--preset", "stealth", "--targets", TARGETS,
+        "--steps", "2", *extra.split(), "--", str(photo),
     ]
     assert dt.host.of("print_error") == [], dt.host.calls
     assert dt.host.of("print") == [("Ghost Mesh protected IMG_0042.CR2",)]
+    entry = read_report(report)
+    assert entry["status"] == "ok" and entry["input"] == entry["output"] == str(photo)
+    assert entry["steps"] == 2 and entry["targets"] == [TARGETS] and entry["max_delta"] > 0
     assert_protected(photo, before_pixels, before_exif)
-    assert sorted(p.name for p in export_dir.iterdir()) == [photo.name]  # no copies, no temporaries
+    copy = export_dir / "Obama l'été \"final\" ü.unprotected.jpg"
+    assert copy.read_bytes() == exported  # the copy asked for in the preferences
+    assert sorted(p.name for p in export_dir.iterdir()) == sorted([photo.name, copy.name])  # no temporaries
     assert list((tmp_path / "darktable tmp").iterdir()) == []  # the output log is cleaned up
-
-
-@posix_only
-@needs_data
-def test_darktable_keeps_an_unprotected_copy_when_asked(tmp_path, export_dir, ghostmesh_exe):
-    photo = make_export(export_dir, "plain.jpg")
-    original = photo.read_bytes()
-    dt = load_darktable(tmp_path, dt_prefs(ghostmesh_exe, keep_unprotected=True))
-    dt.export(photo)
-    copy = export_dir / "plain.unprotected.jpg"
-    assert copy.read_bytes() == original
-    assert photo.read_bytes() != original
-    assert dt.host.of("print_error") == []
 
 
 @posix_only
@@ -475,10 +495,10 @@ class LightroomHost(Host):
         return str(LIGHTROOM_DIR)
 
 
-def load_lightroom(tmp_path: Path) -> Lightroom:
+def load_lightroom(tmp_path: Path, watched: Path | None = None) -> Lightroom:
     lua = lua51.LuaRuntime(unpack_returned_tuples=True)
     assert lua.eval("_VERSION") == "Lua 5.1"
-    host = LightroomHost()
+    host = LightroomHost(env=isolated_env(tmp_path, watched))
     temp = tmp_path / "lightroom temp"
     temp.mkdir(exist_ok=True)
     rendition, filter_context = lua.execute(LIGHTROOM_STUB, host, str(temp), False)
@@ -492,7 +512,7 @@ def lua_string(value: object) -> str:
 
 
 def lr_properties(exe: Path, **extra: Any) -> dict[str, Any]:
-    return {"ghostmesh_executable": str(exe), "ghostmesh_extra_args": FAST_ARGS, **extra}
+    return {"ghostmesh_executable": str(exe), "ghostmesh_targets": TARGETS, "ghostmesh_extra_args": FAST_ARGS, **extra}
 
 
 def test_lightroom_info_declares_the_export_filter():
@@ -509,14 +529,21 @@ def test_lightroom_info_declares_the_export_filter():
 def test_lightroom_rendition_is_protected_in_place(tmp_path, export_dir, ghostmesh_exe):
     photo = make_export(export_dir)
     before_pixels, before_exif = pixels(photo), exif_of(photo)
+    report = tmp_path / "report.json"
+    extra = f"{FAST_ARGS} --report {report}"
     lr = load_lightroom(tmp_path)
-    lr.export(lr_properties(ghostmesh_exe, ghostmesh_preset="stealth", ghostmesh_targets=""), [(photo, True, None)])
+    properties = lr_properties(ghostmesh_exe, ghostmesh_preset="stealth", ghostmesh_targets=TARGETS,
+                               ghostmesh_extra_args=extra)
+    lr.export(properties, [(photo, True, None)])
 
     (cmd,) = lr.host.commands
     assert command_argv(cmd) == [
-        str(ghostmesh_exe), "protect", "--in-place", "--preset", "stealth", *FAST_ARGS.split(), "--", str(photo),
+        str(ghostmesh_exe), "protect", "--in-place", "--preset", "stealth", "--targets", TARGETS,
+        *extra.split(), "--", str(photo),
     ]
     assert lr.host.of("renditionIsDone") == []  # success: the export carries on with the file
+    entry = read_report(report)
+    assert entry["status"] == "ok" and entry["output"] == str(photo) and entry["max_delta"] > 0
     assert_protected(photo, before_pixels, before_exif)
     assert sorted(p.name for p in export_dir.iterdir()) == [photo.name]
     assert list((tmp_path / "lightroom temp").iterdir()) == []
@@ -524,20 +551,22 @@ def test_lightroom_rendition_is_protected_in_place(tmp_path, export_dir, ghostme
 
 @posix_only
 def test_lightroom_failure_reaches_rendition_is_done(tmp_path, export_dir, ghostmesh_exe):
-    broken = export_dir / "broken ü.jpg"
-    broken.write_bytes(NOT_A_PHOTO)
+    """ghostmesh refuses --in-place inside a watched folder; Lightroom hears why, per photo."""
+    refused = export_dir / "refused ü.jpg"
+    refused.write_bytes(NOT_A_PHOTO)
     failed_upstream = export_dir / "never rendered.jpg"
-    lr = load_lightroom(tmp_path)
-    lr.export(lr_properties(ghostmesh_exe), [(broken, True, None), (failed_upstream, False, "disk full")])
+    lr = load_lightroom(tmp_path, watched=export_dir)
+    lr.export(lr_properties(ghostmesh_exe), [(refused, True, None), (failed_upstream, False, "disk full")])
 
     assert len(lr.host.commands) == 1  # nothing is run for a photo Lightroom could not render
     done = lr.host.of("renditionIsDone")
     assert done[1] == (str(failed_upstream), False, "disk full")
     path, success, message = done[0]
-    assert (path, success) == (str(broken), False)
-    assert message.startswith("Ghost Mesh could not protect broken ü.jpg: ")
-    assert str(broken) in message and message.endswith("The photo was not exported.")
-    assert not broken.exists()  # the unprotected render does not reach the destination
+    assert (path, success) == (str(refused), False)
+    assert message.startswith("Ghost Mesh could not protect refused ü.jpg: ")
+    assert "watched folder" in message and str(refused) in message
+    assert message.endswith("The photo was not exported.") and ".." not in message
+    assert not refused.exists()  # the unprotected render does not reach the destination
 
 
 @posix_only
