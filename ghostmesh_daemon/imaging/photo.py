@@ -67,6 +67,7 @@ _OPEN_LOCK = threading.Lock()
 #: x265 speed preset for HEIC output ("medium": about 2x faster than libheif's default "slow"; the
 #: quality is matched to the original's size either way).
 HEIF_PRESET = "medium"
+_HEIF_PRESET_OK = True  # turned off if the HEVC encoder in use has no such parameter
 _SRGB_ICC: bytes | None = None
 
 _MAGIC = [
@@ -916,12 +917,23 @@ def _encode_heif(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exi
         params["chroma"] = chroma
     target = photo.encoder.get("original_bytes", w * h // 8) * 8 / (w * h)
 
-    params["enc_params"] = {"preset": HEIF_PRESET}
+    def save(target: Any, out: io.BytesIO, **kw: Any) -> None:
+        global _HEIF_PRESET_OK
+        if _HEIF_PRESET_OK:
+            try:
+                target.save(out, enc_params={"preset": HEIF_PRESET}, **kw)
+                return
+            except Exception as e:  # noqa: BLE001 - an encoder without x265's presets
+                if "parameter" not in str(e).lower():
+                    raise
+                _HEIF_PRESET_OK = False
+                out.seek(0)
+                out.truncate()
+        target.save(out, **kw)
 
     def enc(img: Image.Image, q: int) -> bytes:
         b = io.BytesIO()
-        img.save(b, format="HEIF", quality=q, enc_params={"preset": HEIF_PRESET},
-                 **({"chroma": chroma} if "chroma" in params else {}))
+        save(img, b, format="HEIF", quality=q, **({"chroma": chroma} if "chroma" in params else {}))
         return b.getvalue()
 
     q = _match_size(enc, img_for_search.convert("RGB"), target, lo=30, hi=95, side=768)
@@ -929,9 +941,9 @@ def _encode_heif(photo: Photo, colour: np.ndarray, alpha: np.ndarray | None, exi
     if heif is not None:
         if photo.encoder.get("bit_depth", 8) > 10:
             params["save_to_12bit"] = True
-        heif.save(buf, quality=q, **params)
+        save(heif, buf, quality=q, **params)
     else:
-        img_for_search.save(buf, format="HEIF", quality=q, **params)
+        save(img_for_search, buf, format="HEIF", quality=q, **params)
     notes = [f"HEIF re-encoded at quality {q} (matched to the original's size)"]
     if alpha is not None:
         notes.append("HEIF alpha re-encoded (HEIF stores alpha as a lossy image)")
