@@ -73,7 +73,7 @@ class Daemon:
         self.config = tmp / "ghostmesh.toml"
         if not self.config.exists():
             self.config.write_text(
-                "[watcher]\nsettle_seconds = 0.5\n[retry]\nmax_attempts = 3\n[engine]\ndevice = \"cpu\"\n"
+                "[watcher]\nsettle_seconds = 0.5\n[retry]\nmax_attempts = 3\nbackoff_seconds = 600\n[engine]\ndevice = \"cpu\"\n"
                 "[schedule]\nrescan_minutes = 60\n"
             )
         self.args = ["run", "--config", str(self.config), "--watch", str(watch), "--steps", str(steps), *extra]
@@ -251,14 +251,14 @@ def test_daemon_end_to_end(tmp_path, watch):
     took = d.terminate()
     assert d.proc.returncode == 0 and took < 8, (d.proc.returncode, took, d.stderr())
     assert not d.socket.exists()
-    r = d.cli("status")
-    assert r.returncode == 1 and "no daemon is running" in r.stderr
+    with pytest.raises(ControlUnavailable, match="no daemon is running"):
+        request(d.socket, "status")
 
     # While it is down: a new photo arrives, and a processed one is renamed.
     late = watch / "while-down.jpg"
     late.write_bytes(photo_bytes(6))
     existing.rename(watch / "before-start-renamed.jpg")
-    d2 = Daemon(tmp_path, watch, "--no-tray").start()
+    d2 = Daemon(tmp_path, watch).start()  # a tray is wanted, but there is no DISPLAY: headless
     d2.wait_done(6)
     _assert_protected(late)
     time.sleep(1.0)
@@ -266,6 +266,7 @@ def test_daemon_end_to_end(tmp_path, watch):
     log = d2.log.read_text()
     assert log.count("INFO processing ") == 7  # 5 + 1 corrupt + 1 new: nothing redone after the restart
     assert not output_path(watch / "before-start-renamed.jpg").exists()  # same content: not redone
+    assert log.count("running headless: no display") == 1
 
     # One daemon per user: a second start says so and exits 2.
     second = d2.cli(*d2.args, timeout=60)
@@ -299,7 +300,7 @@ def test_sigterm_and_kill_during_processing_leave_no_half_file(tmp_path, watch):
     d.terminate()
 
 
-def test_tray_in_the_real_daemon_under_xvfb_and_headless_without_display(tmp_path, watch):
+def test_tray_in_the_real_daemon_under_xvfb(tmp_path, watch):
     from test_daemon_tray import TrayHost, start_xvfb
 
     xvfb, display = start_xvfb()
@@ -308,7 +309,6 @@ def test_tray_in_the_real_daemon_under_xvfb_and_headless_without_display(tmp_pat
         d = Daemon(tmp_path, watch, display=display).start()
         try:
             wid = host.wait_for_dock()
-            d.wait(lambda s: True, 5)
             (watch / "a.jpg").write_bytes(photo_bytes(8))
             d.wait_done(1)
             deadline = time.monotonic() + 10
@@ -317,16 +317,17 @@ def test_tray_in_the_real_daemon_under_xvfb_and_headless_without_display(tmp_pat
             assert host.title(wid) == "Ghost Mesh: Idle: 1 protected"
             host.click(wid)  # a left click toggles Paused
             d.wait(lambda s: s["pause_reasons"] == ["user"], 10, "paused from the tray")
+            deadline = time.monotonic() + 10
+            while "Paused" not in host.title(wid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert host.title(wid).startswith("Ghost Mesh: Paused (user)")
             host.click(wid)
             d.wait(lambda s: not s["paused"], 10, "resumed from the tray")
             assert "running headless" not in d.log.read_text()
         finally:
-            d.terminate()
+            took = d.terminate()
             host.close()
+        assert d.proc.returncode == 0 and took < 8
     finally:
         xvfb.terminate()
         xvfb.wait(10)
-    d = Daemon(tmp_path, watch).start()  # no DISPLAY: headless, said once
-    d.terminate()
-    log = d.log.read_text()
-    assert log.count("running headless: no display") == 1

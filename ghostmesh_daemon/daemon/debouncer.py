@@ -1,7 +1,7 @@
 """Hold each changed file until it has stopped changing, then hand it on once.
 
 A file is released when (1) no event has touched it for ``settle`` seconds (``settle / 4`` after a
-close-after-write event, which on Linux marks a writer that is done), (2) its size and mtime are
+close-after-write event or a rename into place, the two ways writers say they are done), (2) its size and mtime are
 what they were at the last event, and (3) it decodes to the end. A file that keeps failing to
 decode while nothing changes is released after ``settle * decode_grace`` anyway, so a corrupt photo
 is recorded as failed rather than held forever. Any new event starts the wait again.

@@ -74,7 +74,9 @@ class ArrivalHandler(FileSystemEventHandler):
                 self.folder_arrived(path)
             return
         if self.matcher.reason(path, self.root) is None:
-            self.file_changed(path, event.event_type == "closed")
+            # A close after writing, or a rename into place, is how writers say "done": the
+            # debouncer then waits a shorter window (it still checks stability and decoding).
+            self.file_changed(path, event.event_type in ("closed", "moved"))
 
 
 @dataclass
