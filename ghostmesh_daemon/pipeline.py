@@ -198,7 +198,7 @@ class Protector:
         entry = ReportEntry(
             input="", output=None, status="ok", faces=len(faces), target_results=results,
             lpips=round(ev.lpips, 5), lpips_resolution=list(ev.lpips_resolution),
-            face_lpips=[round(v, 5) for v in ev.face_lpips], ssim=round(ssim(x, y), 5), psnr=round(psnr(x, y), 3),
+            face_lpips=[round(v, 5) for v in ev.face_lpips], ssim=round(ssim(x, y), 5), psnr=_finite(psnr(x, y)),
             engine_version=ENGINE_VERSION, **common,
         )
         entry.face_dlib_distance = dlib_distances(_to_uint8(original), _to_uint8(decoded), faces)
@@ -208,6 +208,11 @@ class Protector:
         if unprotected:
             entry.warnings.append(f"not every face/image reached its goal for: {', '.join(unprotected)}")
         return entry
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: identical pixels give PSNR ``null``."""
+    return round(value, 3) if np.isfinite(value) else None
 
 
 def dlib_distances(original: np.ndarray, protected: np.ndarray, faces) -> list[float]:

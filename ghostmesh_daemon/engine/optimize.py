@@ -186,8 +186,8 @@ def protect_image(
         history.append({"step": step, "lpips": float(lp_whole.detach()), "face_lpips": [float(v.detach()) for v in lp_faces], "score": score})
         if within and score > best["score"]:
             best = {"score": score, "state": [p.detach().clone() for p in params], "step": step}
-        if (within and done_all and active) or step == settings.steps:
-            stopped_early = step < settings.steps
+        if not active or (within and done_all) or step == settings.steps:
+            stopped_early = bool(active) and step < settings.steps
             steps_run = step
             break
         loss = settings.identity_weight * sum(
@@ -197,9 +197,6 @@ def protect_image(
             (hinge(v, settings.face_lpips_budget) for v in lp_faces), torch.zeros(())))
         if settings.vertical_weight:
             loss = loss + settings.vertical_weight * pert.vertical_flow_energy()
-        if not loss.requires_grad:  # nothing to push (no face under face-only targets)
-            steps_run = step
-            break
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

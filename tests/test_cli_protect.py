@@ -1,0 +1,175 @@
+"""The ``ghostmesh protect`` / ``verify`` / ``models`` contract: exit codes, report fields, originals untouched.
+
+These run the real CLI entry (``main(argv, env)``) with the real models on real photos; few steps keep
+them quick. Engine quality is measured by the benchmarks, not here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import piexif
+import pytest
+from PIL import Image
+
+from ghostmesh_daemon.cli import main
+from ghostmesh_daemon.cli.env import Env, ExitStatus
+
+from conftest import shared_data
+
+FAST = ["--steps", "2", "--targets", "face"]
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), Env(stdout=out, stderr=err, environ={}))
+    return int(code), out.getvalue(), err.getvalue()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A folder with a small face photo carrying camera EXIF, a photo with no face, and a corrupt file."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    im = Image.open(shared_data("faces", "obama", "obama.jpg"))
+    im.thumbnail((480, 480))
+    exif = piexif.load(str(shared_data("exif", "jpg", "Canon_40D.jpg")))
+    exif["thumbnail"] = None
+    exif["1st"] = {}
+    im.save(folder / "face.jpg", quality=90, exif=piexif.dump(exif))
+    Image.new("RGB", (200, 150), (90, 140, 200)).save(folder / "sky.jpg", quality=90)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    return folder
+
+
+def test_protect_writes_copies_and_a_full_report(photos, tmp_path):
+    before = {p.name: sha(p) for p in photos.iterdir()}
+    report = tmp_path / "report.json"
+    code, out, err = run_cli("protect", str(photos / "face.jpg"), str(photos / "sky.jpg"), "--report", str(report), *FAST)
+    assert code == ExitStatus.OK, err
+    assert {p.name: sha(p) for p in photos.iterdir() if p.name in before} == before  # originals untouched
+    assert (photos / "face.ghost.jpg").exists() and (photos / "sky.ghost.jpg").exists()
+    entries = json.loads(report.read_text())
+    assert [e["status"] for e in entries] == ["ok", "ok"]
+    face = entries[0]
+    for key in ("input", "output", "status", "reason", "targets", "target_results", "face_dlib_distance", "lpips",
+                "lpips_resolution", "ssim", "psnr", "max_delta", "max_flow_px", "steps", "seconds", "device",
+                "engine_version", "preset", "limits", "face_lpips"):
+        assert key in face, key
+    assert face["targets"] == ["face"] and face["faces"] == 1
+    r = face["target_results"]["face"]
+    assert len(r["cosine_before"]) == len(r["cosine_after"]) == 1 and r["cosine_after"][0] < r["cosine_before"][0]
+    assert len(face["face_dlib_distance"]) == 1 and face["face_dlib_distance"][0] > 0
+    assert face["limits"] == {"noise_limit": 0.05, "flow_limit": 0.01, "lpips_budget": 0.05, "face_lpips_budget": 0.03}
+    assert 0 < face["max_delta"] <= 0.05 and face["psnr"] > 25 and face["ssim"] > 0.8
+    assert entries[1]["psnr"] is None or entries[1]["psnr"] > 40  # nothing to protect: pixels kept
+    sky = entries[1]
+    assert sky["faces"] == 0 and any("no face" in w for w in sky["warnings"])
+    # EXIF carried over
+    exif = piexif.load(str(photos / "face.ghost.jpg"))
+    assert exif["0th"][piexif.ImageIFD.Model] == b"Canon EOS 40D"
+    assert "face.jpg -> " in out
+
+
+def test_bad_file_fails_by_name_and_the_rest_go_on(photos):
+    code, out, err = run_cli("protect", str(photos / "broken.jpg"), str(photos / "sky.jpg"), *FAST)
+    assert code == ExitStatus.ERROR
+    assert "broken.jpg" in err and "Traceback" not in err
+    assert (photos / "sky.ghost.jpg").exists()
+    assert not list(photos.glob("broken.ghost*"))
+
+
+def test_outputs_are_skipped_and_folders_are_walked(photos, tmp_path):
+    (photos / "broken.jpg").unlink()
+    code, _, err = run_cli("protect", str(photos), *FAST)
+    assert code == ExitStatus.OK, err
+    first = sha(photos / "sky.ghost.jpg")
+    code, out, err = run_cli("protect", str(photos / "sky.ghost.jpg"), *FAST)
+    assert code == ExitStatus.OK and "skipped" in out
+    assert sha(photos / "sky.ghost.jpg") == first
+    assert not (photos / "sky.ghost.ghost.jpg").exists()
+
+
+def test_out_dir(photos, tmp_path):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    code, _, err = run_cli("protect", str(photos / "sky.jpg"), "--out-dir", str(dest), *FAST)
+    assert code == ExitStatus.OK, err
+    assert (dest / "sky.ghost.jpg").exists() and not (photos / "sky.ghost.jpg").exists()
+
+
+def test_in_place_replaces_the_export_keeping_exif(photos):
+    target = photos / "face.jpg"
+    before = sha(target)
+    code, _, err = run_cli("protect", "--in-place", str(target), *FAST)
+    assert code == ExitStatus.OK, err
+    assert sha(target) != before
+    assert piexif.load(str(target))["0th"][piexif.ImageIFD.Make] == b"Canon"
+    assert not [p for p in photos.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["protect"], "required"),
+    (["protect", "x.jpg", "--preset", "loud"], "invalid choice"),
+    (["protect", "x.jpg", "--steps", "0"], "at least 1"),
+    (["protect", "x.jpg", "--noise-limit", "2"], "between 0 and 1"),
+    (["protect", "x.jpg", "--out-dir", "/nonexistent/dir"], "not an existing folder"),
+    (["frobnicate"], "invalid choice"),
+    ([], "a command is needed"),
+])
+def test_bad_usage_exits_2(argv, needle):
+    code, _, err = run_cli(*argv)
+    assert code == ExitStatus.USAGE
+    assert needle in err
+
+
+def test_unknown_target_is_usage_error(photos):
+    code, _, err = run_cli("protect", str(photos / "sky.jpg"), "--targets", "nope")
+    assert code in (ExitStatus.ERROR, ExitStatus.USAGE) and "unknown target" in err
+
+
+def test_named_missing_model_is_an_error_naming_it(photos, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, _, err = run_cli("protect", str(photos / "sky.jpg"), "--targets", "siglip", "--steps", "1")
+    assert code == ExitStatus.USAGE
+    assert "siglip" in err and "from_pretrained" in err
+    assert not (photos / "sky.ghost.jpg").exists()
+
+
+def test_auto_targets_warn_loudly_when_siglip_is_missing(photos, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    report = tmp_path / "r.json"
+    code, _, err = run_cli("protect", str(photos / "sky.jpg"), "--steps", "1", "--report", str(report))
+    assert code == ExitStatus.OK
+    assert "WARNING: target 'siglip' is not used" in err
+    entry = json.loads(report.read_text())[0]
+    assert "siglip" not in entry["targets"] and any("siglip" in w for w in entry["warnings"])
+
+
+def test_verify_gives_the_report_numbers(photos):
+    code, _, err = run_cli("protect", str(photos / "face.jpg"), *FAST)
+    assert code == 0, err
+    code, out, err = run_cli("verify", str(photos / "face.jpg"), str(photos / "face.ghost.jpg"), "--targets", "face")
+    assert code == ExitStatus.OK, err
+    entry = json.loads(out)
+    assert entry["status"] == "ok" and entry["faces"] == 1
+    assert entry["target_results"]["face"]["distance_after"][0] > 0
+    code, out, err = run_cli("verify", str(photos / "face.jpg"), str(photos / "sky.jpg"), "--targets", "face")
+    assert code == ExitStatus.ERROR and "differs" in err
+
+
+def test_models_lists_sources(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, out, _ = run_cli("models")
+    assert code == ExitStatus.OK
+    assert "face" in out and "available" in out
+    assert "siglip" in out and "MISSING" in out and "how to get it" in out
+    assert "lpips" in out

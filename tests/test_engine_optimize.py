@@ -1,0 +1,100 @@
+"""The optimization loop on a real photo with the real face model: it protects, stops, and is repeatable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ghostmesh_daemon.engine import evaluate, protect_image, settings_for
+from ghostmesh_daemon.faces import detect_faces
+
+from conftest import shared_data
+
+
+@pytest.fixture(scope="module")
+def small_face():
+    """A real face photo, downscaled so a test run costs seconds."""
+    im = Image.open(shared_data("faces", "biden", "biden.jpg")).convert("RGB")
+    im.thumbnail((420, 420))
+    rgb = np.asarray(im).copy()
+    faces = detect_faces(rgb)
+    assert len(faces) == 1
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, faces
+
+
+def test_protection_moves_the_face_away_within_budget(small_face, face_target, lpips_model):
+    x, faces = small_face
+    s = settings_for("stealth", steps=25, face_goal=0.7)
+    out = protect_image(x, faces, [face_target], lpips_model, s)
+    assert out.image.shape == x.shape
+    d = out.targets["face"].distance_after[0]
+    assert d > 0.45, d  # from 0 to well on the way in 25 steps
+    assert out.lpips <= s.lpips_budget + 0.01
+    assert out.face_lpips[0] <= s.face_lpips_budget + 0.01
+    assert out.max_delta <= s.noise_limit + 1e-6
+    assert out.max_flow_px <= s.flow_limit * max(x.shape[-2:]) + 1e-3
+    assert (out.image - x).abs().max() > 0.005
+
+
+def test_same_seed_same_result(small_face, face_target, lpips_model):
+    x, faces = small_face
+    s = settings_for("stealth", steps=3, seed=7)
+    a = protect_image(x, faces, [face_target], lpips_model, s)
+    b = protect_image(x, faces, [face_target], lpips_model, s)
+    assert torch.equal(a.image, b.image)
+
+
+def test_early_stop_when_every_goal_is_met(small_face, face_target, lpips_model):
+    x, faces = small_face
+    s = settings_for("stealth", steps=40, face_goal=0.05)
+    out = protect_image(x, faces, [face_target], lpips_model, s)
+    assert out.stopped_early and out.steps < 40
+    assert all(out.targets["face"].protected)
+
+
+def test_should_stop_interrupts(small_face, face_target, lpips_model):
+    x, faces = small_face
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    out = protect_image(x, faces, [face_target], lpips_model, settings_for("stealth", steps=50), should_stop=stop)
+    assert out.interrupted and out.steps <= 2
+
+
+def test_no_face_means_nothing_to_push(face_target, lpips_model):
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 80)
+    out = protect_image(x, [], [face_target], lpips_model, settings_for("stealth", steps=10))
+    assert out.steps == 0 and out.targets["face"].distance_after == []
+    assert torch.allclose(out.image, x, atol=1e-6)
+
+
+def test_pgd_mode_protects_and_respects_the_bound(small_face, face_target, lpips_model):
+    x, faces = small_face
+    s = settings_for("stealth", steps=15, mode="pgd")
+    out = protect_image(x, faces, [face_target], lpips_model, s)
+    assert out.max_delta <= s.noise_limit + 1e-6
+    assert out.targets["face"].distance_after[0] > 0.2
+
+
+def test_evaluate_identical_images_is_zero(small_face, face_target, lpips_model):
+    x, faces = small_face
+    ev = evaluate(x, x.clone(), faces, [face_target], lpips_model, settings_for("stealth"))
+    assert ev.targets["face"].distance_after[0] < 1e-4
+    assert ev.lpips < 1e-6 and ev.face_lpips[0] < 1e-6
+    with pytest.raises(ValueError, match="same shape"):
+        evaluate(x, x[..., :10, :], faces, [face_target], lpips_model, settings_for("stealth"))
+
+
+def test_siglip_target_is_pushed_too(small_face, tiny_siglip, lpips_model):
+    from ghostmesh_daemon.targets import create_target
+
+    x, faces = small_face
+    target = create_target("siglip", model=tiny_siglip)
+    out = protect_image(x, faces, [target], lpips_model, settings_for("stealth", steps=8, image_goal=0.99))
+    assert out.targets["siglip"].cosine_after[0] < 0.999
