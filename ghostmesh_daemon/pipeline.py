@@ -20,6 +20,7 @@ import torch
 from . import ENGINE_VERSION
 from .engine import EngineSettings, evaluate, protect_image
 from .engine.losses import psnr, ssim
+from .dlib_check import distances_to_original
 from .errors import GhostMeshError, ModelUnavailable, PhotoError
 from .faces import detect_faces
 from .imaging import atomic_output, is_output, output_path, read_photo, write_photo
@@ -116,6 +117,7 @@ class Protector:
         suffix: str = ".ghost",
         strip_gps: bool = False,
         max_megapixels: float = 200.0,
+        raw_output: str = "jpeg",
         progress: Progress | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> ReportEntry:
@@ -127,8 +129,8 @@ class Protector:
         if not in_place and is_output(src, suffix):
             return ReportEntry.skipped(src, "already a Ghost Mesh output", **common)
         try:
-            return self._protect(src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, progress,
-                                 should_stop, started, common)
+            return self._protect(src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, raw_output,
+                                 progress, should_stop, started, common)
         except PhotoError as e:
             return ReportEntry.failed(e.path, e.reason, **common)
         except Exception as e:  # out of memory on a huge photo, a torch failure, a bug: the next photo goes on
@@ -137,11 +139,11 @@ class Protector:
             log.warning("processing %s failed", src, exc_info=not oom)
             return ReportEntry.failed(src, reason, **common)
 
-    def _protect(self, src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, progress, should_stop,
-                 started, common) -> ReportEntry:
-        photo = read_photo(src, max_megapixels=max_megapixels)
+    def _protect(self, src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, raw_output, progress,
+                 should_stop, started, common) -> ReportEntry:
+        photo = read_photo(src, max_megapixels=max_megapixels, raw_output=raw_output)
         if dest is None and not in_place:
-            dest = output_path(src, out_dir=out_dir, suffix=suffix)
+            dest = output_path(src, out_dir=out_dir, suffix=suffix, raw_output=raw_output)
         x = _to_tensor(photo.rgb, self.device)
         faces = detect_faces(_to_uint8(photo.rgb))
         outcome = protect_image(x, faces, self.targets, self.lpips, self.settings, progress=progress,
@@ -151,7 +153,7 @@ class Protector:
         protected = outcome.image[0].permute(1, 2, 0).cpu().numpy()
         if in_place:
             with atomic_output(src) as tmp:
-                notes = write_photo(photo, protected, Path(tmp))
+                notes = write_photo(photo, protected, Path(tmp), strip_gps=strip_gps)
             written = src
         else:
             assert dest is not None
@@ -201,7 +203,7 @@ class Protector:
             face_lpips=[round(v, 5) for v in ev.face_lpips], ssim=round(ssim(x, y), 5), psnr=_finite(psnr(x, y)),
             engine_version=ENGINE_VERSION, **common,
         )
-        entry.face_dlib_distance = dlib_distances(_to_uint8(original), _to_uint8(decoded), faces)
+        entry.face_dlib_distance = distances_to_original(_to_uint8(original), _to_uint8(decoded), list(faces))
         if not faces and all(t.info.kind == "face" for t in self.targets):
             entry.warnings.append("no face was found: the copy is written, but face targets had nothing to protect")
         unprotected = [n for n, r in results.items() if not all(r.protected) and r.protected]
@@ -213,38 +215,3 @@ class Protector:
 def _finite(value: float) -> float | None:
     """JSON has no infinity: identical pixels give PSNR ``null``."""
     return round(value, 3) if np.isfinite(value) else None
-
-
-def dlib_distances(original: np.ndarray, protected: np.ndarray, faces) -> list[float]:
-    """dlib's own descriptor distance per face, original vs protected (its real, non-torch pipeline).
-
-    The protected face is aligned with landmarks found on the protected photo inside the original's
-    face box: the most favourable alignment an attacker could get.
-    """
-    if not faces:
-        return []
-    import dlib
-
-    from .faces import _dlib_models
-    from .weights import dlib_face_resnet
-
-    _, predictor = _dlib_models()
-    model = _dlib_recognizer(str(dlib_face_resnet().path))
-    out = []
-    for f in faces:
-        rect = dlib.rectangle(*(int(round(v)) for v in f.box))
-        a = np.array(model.compute_face_descriptor(original, predictor(original, rect), 0, 0.25))
-        b = np.array(model.compute_face_descriptor(protected, predictor(protected, rect), 0, 0.25))
-        out.append(round(float(np.linalg.norm(a - b)), 4))
-    return out
-
-
-_RECOGNIZERS: dict[str, object] = {}
-
-
-def _dlib_recognizer(path: str):
-    import dlib
-
-    if path not in _RECOGNIZERS:
-        _RECOGNIZERS[path] = dlib.face_recognition_model_v1(path)
-    return _RECOGNIZERS[path]

@@ -1,0 +1,154 @@
+"""Where the time goes: seconds per step and per photo by megapixels and target set, against the
+models' own forward+backward time on the same inputs, and peak memory.
+
+Each configuration runs in a fresh subprocess so its peak resident memory is its own.
+
+    python -m benchmarks.speed [--sizes 1,3,12,24] [--steps 12] [--sets face,face+mobileface,face+siglip]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from benchmarks.common import FACES, git_rev, machine, md_table, write_results
+
+
+def _photo(megapixels: float):
+    """A real face photo (obama.jpg) scaled to ``megapixels``: real faces at every size."""
+    import numpy as np
+    from PIL import Image
+
+    im = Image.open(FACES / "obama" / "obama.jpg").convert("RGB")
+    s = (megapixels * 1e6 / (im.width * im.height)) ** 0.5
+    return np.asarray(im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.BICUBIC)).copy()
+
+
+def _time(fn, repeat: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _models_time(ev, targets, lpips) -> dict[str, float]:
+    """Forward+backward of each model alone, on inputs shaped like one step's."""
+    import torch
+
+    from ghostmesh_daemon.engine.geometry import downscale, fit_within
+    from ghostmesh_daemon.engine.optimize import _crop
+
+    out = {}
+    scene = ev.clean_scene
+    for t in targets:
+        leaf = [v.image.detach().clone().requires_grad_() for v in scene.faces]
+        whole = scene.whole.detach().clone().requires_grad_()
+        from ghostmesh_daemon.engine.scene import FaceView, Scene
+
+        s = Scene(whole=whole, faces=[FaceView(v.face, v.geometry, l) for v, l in zip(scene.faces, leaf)])
+        out[t.name] = _time(lambda: t.embed(s).sum().backward())
+    size = fit_within(*scene.whole.shape[-2:], ev.settings.lpips_size)
+    a = downscale(scene.whole, size).detach().clone().requires_grad_()
+    out["lpips (whole)"] = _time(lambda: lpips(a, a.detach() * 0.9, normalize=True).sum().backward())
+    crops = []
+    for v, box in zip(scene.faces, ev.crop_boxes):
+        c = _crop(v.image, box)
+        c = downscale(c, fit_within(*c.shape[-2:], 256)).detach().clone().requires_grad_()
+        crops.append(c)
+    if crops:
+        out["lpips (faces)"] = _time(lambda: sum(lpips(c, c.detach() * 0.9, normalize=True).sum() for c in crops).backward())
+    return out
+
+
+def run_one(megapixels: float, target_set: str, steps: int) -> dict:
+    """One configuration, in this process: protect the scaled photo for exactly ``steps`` steps."""
+    import torch
+
+    from ghostmesh_daemon.engine import settings_for
+    from ghostmesh_daemon.engine.optimize import Evaluator, plan_views, protect_image
+    from ghostmesh_daemon.engine.synthesis import clean_view
+    from ghostmesh_daemon.faces import detect_faces
+    from ghostmesh_daemon.targets import create_target
+    from ghostmesh_daemon.weights import load_lpips
+
+    torch.manual_seed(0)
+    targets = []
+    for name in target_set.split("+"):
+        if name == "siglip":  # full-size SigLIP-base config with random weights: real cost, no download
+            from transformers import SiglipVisionConfig, SiglipVisionModel
+
+            cfg = SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                     image_size=384, patch_size=16)
+            targets.append(create_target("siglip", model=SiglipVisionModel(cfg)))
+        else:
+            targets.append(create_target(name))
+    lpips, _ = load_lpips()
+    rgb = _photo(megapixels)
+    t0 = time.perf_counter()
+    faces = detect_faces(rgb)
+    detect_s = time.perf_counter() - t0
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    settings = settings_for("stealth", steps=steps, face_goal=99.0, image_goal=99.0)  # never stops early
+    t0 = time.perf_counter()
+    out = protect_image(x, faces, targets, lpips, settings)
+    total = time.perf_counter() - t0
+    need_detail = any(t.info.kind == "image" for t in targets)
+    whole, fg = plan_views(tuple(x.shape[-2:]), faces, settings, need_detail)
+    ev = Evaluator([clean_view(x, g) for g in [whole, *fg]], [whole, *fg], faces, targets, lpips, settings)
+    models = _models_time(ev, targets, lpips)
+    return {
+        "megapixels": round(rgb.shape[0] * rgb.shape[1] / 1e6, 2), "size": [rgb.shape[1], rgb.shape[0]],
+        "targets": target_set, "faces": len(faces), "steps": out.steps, "step_seconds": round(out.step_seconds, 4),
+        "models_seconds": {k: round(v, 4) for k, v in models.items()},
+        "models_total": round(sum(models.values()), 4),
+        "overhead_ratio": round(out.step_seconds / sum(models.values()), 3),
+        "optimize_seconds": round(total, 2), "detect_seconds": round(detect_s, 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="1,3,12,24")
+    p.add_argument("--sets", default="face,face+mobileface,face+siglip")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--one", nargs=2, metavar=("MP", "SET"), help=argparse.SUPPRESS)
+    p.add_argument("--name", default="speed")
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(float(args.one[0]), args.one[1], args.steps)))
+        return
+    rows = []
+    configs = [(float(mp), "face") for mp in args.sizes.split(",")]
+    configs += [(1.0, s) for s in args.sets.split(",") if s != "face"]
+    for mp, target_set in configs:
+        cmd = [sys.executable, "-m", "benchmarks.speed", "--one", str(mp), target_set, "--steps", str(args.steps)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(res.stderr[-2000:], file=sys.stderr)
+            rows.append({"megapixels": mp, "targets": target_set, "error": res.stderr.strip().splitlines()[-1]})
+            continue
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    data = {"machine": machine(), "revision": git_rev(), "steps": args.steps, "runs": rows}
+    md = [f"# Speed ({args.name})", "", f"Machine: {data['machine']}. Revision {data['revision']}. "
+          f"{args.steps} optimizer steps per run (early stop disabled); a real face photo scaled to each size.", "",
+          "Per step: median optimizer step; models: each model's own forward+backward on that step's inputs, summed; "
+          "ratio = step / models. Peak RSS: the whole process (libraries and models included).", "",
+          md_table(["MP", "targets", "faces", "s/step", "models s", "ratio", "optimize s", "peak RSS GB"],
+                   [[r.get("megapixels"), r.get("targets"), r.get("faces"), r.get("step_seconds"), r.get("models_total"),
+                     r.get("overhead_ratio"), r.get("optimize_seconds"), r.get("peak_rss_gb")] for r in rows])]
+    write_results(args.name, data, "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
