@@ -148,3 +148,43 @@ def test_gradcheck_of_a_view_render():
 def test_bad_mode_is_refused():
     with pytest.raises(ValueError, match="mode"):
         Bounds(mode="clip")
+
+
+# --- expectation over transformations ---------------------------------------------------------------
+
+def test_differentiable_jpeg_matches_a_real_encoder():
+    """Our JPEG approximation is close to libjpeg's output on a real photo, and has a gradient."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import shared_data
+    from ghostmesh_daemon.engine.eot import jpeg
+
+    im = Image.open(shared_data("faces", "obama", "obama.jpg")).convert("RGB").crop((300, 100, 556, 356))
+    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 255
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=75, subsampling=2)
+    real = torch.from_numpy(np.asarray(Image.open(buf)).copy()).permute(2, 0, 1)[None].float() / 255
+    ours = jpeg(x.requires_grad_(), 75)
+    err_ours = (ours.detach() - real).abs().mean()
+    assert err_ours < 0.012, err_ours  # libjpeg's fixed-point DCT and chroma filter differ slightly
+    assert (x - real).abs().mean() > 2 * err_ours  # and it is much closer than doing nothing
+    ours.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_upload_draws_are_seeded_and_keep_the_view_size():
+    from ghostmesh_daemon.engine.eot import apply, draw
+
+    a = [draw(torch.Generator().manual_seed(3)) for _ in range(3)]
+    b = [draw(torch.Generator().manual_seed(3)) for _ in range(3)]
+    assert a == b
+    x = torch.rand(1, 3, 70, 90, requires_grad=True)
+    for d in a:
+        y = apply(x, d)
+        assert y.shape == x.shape
+        assert 0.3 <= d.scale <= 1.0 and 60 <= d.quality <= 95
+    y.sum().backward()
+    assert x.grad.abs().sum() > 0

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .geometry import bounding_box, check_image, downscale, fit_within
+from . import eot
+from .geometry import bounding_box, check_image, fit_within
 from .losses import hinge, identity_term, lpips_distance
 from .scene import Face, FaceView, Scene, ViewGeometry
 from .settings import EngineSettings
@@ -126,13 +127,28 @@ class Evaluator:
             for v, c, box in zip(scene.faces, self.clean_scene.faces, self.crop_boxes)
         ]
 
-    def measure(self, scene: Scene) -> dict:
-        """Embeddings, similarities and LPIPS of ``scene`` (differentiable)."""
+    def uploaded(self, scene: Scene, d: eot.UploadDraw) -> Scene:
+        """``scene`` as one random upload would leave it (every view through the same draw)."""
+        return Scene(
+            whole=eot.apply(scene.whole, d, self.geometries[0].scale[1]),
+            faces=[FaceView(v.face, v.geometry, eot.apply(v.image, d, v.geometry.scale[1])) for v in scene.faces],
+        )
+
+    def measure(self, scene: Scene, draws: Sequence[eot.UploadDraw] = ()) -> dict:
+        """Similarities, distances and LPIPS of ``scene`` (differentiable).
+
+        With ``draws``, each target's similarity and distance are averaged over the scene itself and
+        the scene after each draw (expectation over transformations), and a row counts as protected
+        only when that average is past its goal.
+        """
+        scenes = [scene, *(self.uploaded(scene, d) for d in draws)]
         per_target = {}
         for t in self.targets:
             ref = self.references[t.name]
-            emb = t.embed(scene)
-            per_target[t.name] = (t.similarity(ref, emb), t.distance(ref, emb), t.protected(ref, emb))
+            embs = [t.embed(s) for s in scenes]
+            sim = torch.stack([t.similarity(ref, e) for e in embs]).mean(0)
+            dist = torch.stack([t.distance(ref, e) for e in embs]).mean(0)
+            per_target[t.name] = (sim, dist, dist.detach() >= t.goal)
         return {"targets": per_target, "lpips": self.lpips_whole(scene), "face_lpips": self.lpips_faces(scene)}
 
 
@@ -164,6 +180,7 @@ def protect_image(
     ev = Evaluator(clean_views, geometries, faces, targets, lpips, settings)
     active = [t for t in targets if ev.references[t.name].shape[0] > 0]
 
+    generator = torch.Generator().manual_seed(settings.seed)
     params = list(pert.parameters())
     optimizer = torch.optim.Adam(params, lr=settings.learning_rate) if settings.mode == "tanh" else None
     pgd_step = settings.noise_limit / 8
@@ -178,7 +195,7 @@ def protect_image(
             break
         t0 = time.perf_counter()
         scene = ev.scene(pert.render_views(clean_views))
-        m = ev.measure(scene)
+        m = ev.measure(scene, [eot.draw(generator) for _ in range(settings.eot_samples)])
         lp_whole, lp_faces = m["lpips"], m["face_lpips"]
         within = float(lp_whole.detach()) <= settings.lpips_budget and all(float(v.detach()) <= settings.face_lpips_budget for v in lp_faces)
         done_all = all(bool(m["targets"][t.name][2].all()) for t in active)
@@ -190,13 +207,19 @@ def protect_image(
             stopped_early = bool(active) and step < settings.steps
             steps_run = step
             break
-        loss = settings.identity_weight * sum(
-            (identity_term(m["targets"][t.name][0], m["targets"][t.name][2]) for t in active), torch.zeros(())
-        )
-        loss = loss + settings.lpips_weight * (hinge(lp_whole, settings.lpips_budget) + sum(
-            (hinge(v, settings.face_lpips_budget) for v in lp_faces), torch.zeros(())))
+        # Only terms that can move enter the loss: a row past its goal or an LPIPS under its budget
+        # has zero gradient, and leaving it out spares its model's backward pass.
+        terms = [identity_term(m["targets"][t.name][0], m["targets"][t.name][2]) * settings.identity_weight
+                 for t in active if not bool(m["targets"][t.name][2].all())]
+        terms += [settings.lpips_weight * hinge(v, budget)
+                  for v, budget in [(lp_whole, settings.lpips_budget), *((v, settings.face_lpips_budget) for v in lp_faces)]
+                  if float(v.detach()) > budget]
+        loss = sum(terms, torch.zeros((), device=x.device))
         if settings.vertical_weight:
             loss = loss + settings.vertical_weight * pert.vertical_flow_energy()
+        if not loss.requires_grad:  # nothing can move (only possible without a vertical penalty)
+            steps_run = step
+            break
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

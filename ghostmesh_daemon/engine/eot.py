@@ -1,0 +1,135 @@
+"""Expectation over transformations: random, differentiable versions of what an upload goes through.
+
+Platforms resize uploads and re-encode them as JPEG; a perturbation tuned only to the exact pixels
+can be washed out by that. During optimization each target may also see the candidate after a random
+draw of: a shift of a few pixels (so JPEG blocks and the crop move), a downscale to 0.3-1.0 of the
+size and back, a slight blur, and a differentiable JPEG at quality 60-95.
+
+The JPEG is the standard pipeline (YCbCr, 4:2:0 chroma, 8x8 DCT, IJG quantization tables scaled by
+quality) with the rounding replaced by ``round(x) + (x - round(x))**3``, which has the right values
+and a usable gradient (Shin & Song, 2017).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .geometry import check_image
+
+# IJG (libjpeg) base tables, quality 50.
+_LUMA = torch.tensor([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=torch.float32).reshape(8, 8)
+_CHROMA = torch.tensor([
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+    47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32, dtype=torch.float32).reshape(8, 8)
+
+
+def quant_table(base: Tensor, quality: float) -> Tensor:
+    """libjpeg's quality scaling of a base table (``jpeg_quality_scaling``)."""
+    q = min(max(float(quality), 1.0), 100.0)
+    scale = 5000.0 / q if q < 50 else 200.0 - 2.0 * q
+    return ((base * scale + 50.0) / 100.0).floor().clamp(1, 255)
+
+
+def _dct_matrix(device, dtype) -> Tensor:
+    k = torch.arange(8, device=device, dtype=dtype)
+    m = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
+    m[0] = m[0] / math.sqrt(2)
+    return m  # orthonormal DCT-II: coefficients = M @ block @ M.T
+
+
+def soft_round(x: Tensor) -> Tensor:
+    """Rounding with the value of ``round`` and a non-zero gradient everywhere."""
+    r = torch.round(x)
+    return r + (x - r) ** 3
+
+
+def _blocks_quantize(plane: Tensor, table: Tensor, m: Tensor) -> Tensor:
+    """Quantize one (N, 1, H, W) plane (H, W multiples of 8) in 8x8 DCT blocks, values in 0..255 - 128."""
+    n, _, h, w = plane.shape
+    b = plane.reshape(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)  # (n, by, bx, 8, 8)
+    coeffs = m @ b @ m.T
+    coeffs = soft_round(coeffs / table) * table
+    b = m.T @ coeffs @ m
+    return b.permute(0, 1, 3, 2, 4).reshape(n, 1, h, w)
+
+
+def jpeg(x: Tensor, quality: float) -> Tensor:
+    """Differentiable JPEG round trip of (1, 3, H, W) RGB in [0, 1] at ``quality`` (4:2:0 chroma)."""
+    check_image(x)
+    _, _, h, w = x.shape
+    ph, pw = (-h) % 16, (-w) % 16
+    y = F.pad(x, (0, pw, 0, ph), mode="replicate") * 255.0
+    r, g, b = y[:, 0:1], y[:, 1:2], y[:, 2:3]
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = -0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 0.5 * r - 0.418688 * g - 0.081312 * b
+    m = _dct_matrix(x.device, x.dtype)
+    lt = quant_table(_LUMA, quality).to(x)
+    ct = quant_table(_CHROMA, quality).to(x)
+    luma = _blocks_quantize(luma - 128.0, lt, m) + 128.0
+    chroma = F.avg_pool2d(torch.cat([cb, cr]), 2)
+    chroma = _blocks_quantize(F.pad(chroma, (0, (-chroma.shape[-1]) % 8, 0, (-chroma.shape[-2]) % 8), mode="replicate"), ct, m)
+    chroma = F.interpolate(chroma[..., : (h + ph) // 2, : (w + pw) // 2], size=(h + ph, w + pw), mode="bilinear", align_corners=False)
+    cb, cr = chroma[0:1], chroma[1:2]
+    out = torch.cat([luma + 1.402 * cr, luma - 0.344136 * cb - 0.714136 * cr, luma + 1.772 * cb], dim=1) / 255.0
+    return out[..., :h, :w]
+
+
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    if sigma <= 0.05:
+        return x
+    radius = max(1, math.ceil(2.5 * sigma))
+    k = torch.exp(-(torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype) ** 2) / (2 * sigma**2))
+    k = (k / k.sum()).reshape(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.transpose(-1, -2), groups=x.shape[1])
+
+
+@dataclass(frozen=True)
+class UploadDraw:
+    """One random draw of an upload's transformations (shared by every view of one sample)."""
+
+    scale: float
+    sigma: float
+    quality: float
+    shift: tuple[int, int]
+
+
+def draw(generator: torch.Generator, scale=(0.3, 1.0), quality=(60.0, 95.0), max_sigma: float = 0.8,
+         max_shift: int = 4) -> UploadDraw:
+    u = torch.rand(5, generator=generator).tolist()
+    return UploadDraw(
+        scale=scale[0] + (scale[1] - scale[0]) * u[0],
+        sigma=max_sigma * u[1],
+        quality=quality[0] + (quality[1] - quality[0]) * u[2],
+        shift=(round((2 * u[3] - 1) * max_shift), round((2 * u[4] - 1) * max_shift)),
+    )
+
+
+def apply(x: Tensor, d: UploadDraw, view_scale: float = 1.0) -> Tensor:
+    """``x`` (a view, ``view_scale`` view pixels per photo pixel) as it would come back from an upload.
+
+    The shift is done by replicate-padding and cropping, so the view keeps its size and its mapping
+    to the photo moves by at most a few pixels (what a platform's crop does to alignment).
+    """
+    check_image(x)
+    h, w = x.shape[-2:]
+    dy, dx = d.shift
+    if dx or dy:
+        x = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
+        x = x[..., max(-dy, 0): max(-dy, 0) + h, max(-dx, 0): max(-dx, 0) + w]
+    s = min(1.0, d.scale / max(view_scale, 1e-6))  # a view already smaller than the photo loses less
+    if s < 0.98:
+        small = (max(8, round(h * s)), max(8, round(w * s)))
+        x = F.interpolate(x, size=small, mode="bilinear", antialias=True, align_corners=False)
+        x = jpeg(gaussian_blur(x, d.sigma), d.quality)
+        return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return jpeg(gaussian_blur(x, d.sigma), d.quality)
