@@ -11,8 +11,10 @@ socket and the tray.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +120,8 @@ class Daemon:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self.request_stop)
+            if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack on stderr
+                faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         stopper = threading.Thread(target=self._stop_when_asked, name="ghostmesh-stopper", daemon=True)
         stopper.start()
         if self.tray is not None:

@@ -565,6 +565,7 @@ class Controller:
         if summary == self._last_summary:
             return
         self._last_summary = summary
+        log.debug("summary: %s", summary)
         for listener in self._listeners:
             try:
                 listener(summary)

@@ -106,6 +106,8 @@ class Tray:
         self._applied: dict[str, Any] | None = None
         self._cond = threading.Condition()
         self._stopped = False
+        self._flusher_done = threading.Event()
+        self._flusher: threading.Thread | None = None
         item = pystray.MenuItem
         self.menu = pystray.Menu(
             item(lambda _: status_line(self._summary), None, enabled=False),
@@ -157,7 +159,13 @@ class Tray:
     # --- tray side -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.icon.run(setup=self._setup)
+        try:
+            self.icon.run(setup=self._setup)
+        finally:
+            # Only now: the loop's own last requests (destroying its window) may need the flusher.
+            self._flusher_done.set()
+            if self._flusher is not None:
+                self._flusher.join(2.0)
 
     def stop(self) -> None:
         """Stop applying updates first, then stop the icon: pystray's X backend runs each update on
@@ -173,9 +181,29 @@ class Tray:
     def _setup(self, icon: Any) -> None:
         """pystray's setup thread: show the icon, then hand updates to a thread of our own (a daemon
         thread, so a backend that hangs can never keep the process alive at exit)."""
+        display = getattr(icon, "_display", None)
+        if display is not None:
+            self._flusher = threading.Thread(target=self._flush_x, args=(display,), name="ghostmesh-tray-x",
+                                             daemon=True)
+            self._flusher.start()
         icon.visible = True
         self._updater = threading.Thread(target=self._apply_loop, name="ghostmesh-tray", daemon=True)
         self._updater.start()
+
+    def _flush_x(self, display: Any) -> None:
+        """Flush pystray's X connection a few times a second (X backend only).
+
+        python-xlib can strand a request when two threads use one connection: a request queued by
+        one thread while another is mid-send stays unsent while the loop thread blocks in select(),
+        until some unrelated X event wakes it (seen under load: the icon kept showing "working" after
+        the photo was done, and a stop could wait on its own stranded message). A flush from a third
+        thread sends whatever is stranded; with nothing to send it costs a lock and a check.
+        """
+        while not self._flusher_done.wait(0.25):
+            try:
+                display.flush()
+            except Exception:
+                return
 
     def _apply_loop(self) -> None:
         while True:
@@ -186,6 +214,7 @@ class Tray:
                     return
                 summary = self._applied = self._summary
             state = summary.get("state", "starting")
+            log.debug("tray: showing %s", status_line(summary))
             self.icon.icon = icon_image(state)
             self.icon.title = f"Ghost Mesh: {status_line(summary)}"
             self.icon.update_menu()
