@@ -140,3 +140,17 @@ def test_engine_options_are_shared_with_the_command_line():
         parser.parse_args(["--noise-limit", "2"])
     with pytest.raises(UsageError):
         engine_settings_from_args(argparse.Namespace(preset=None), base={"preset": "loud"})
+
+
+def test_ghostmesh_run_names_the_bad_key_and_exits_2(home, tmp_path):
+    import io
+
+    from ghostmesh_daemon.cli import main
+    from ghostmesh_daemon.cli.env import Env
+
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[engine]\nsteps = 0\n")
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["run", "--config", str(cfg), "--no-tray"], Env(stdout=out, stderr=err, environ={}))
+    assert code == 2
+    assert err.getvalue() == f"ghostmesh: {cfg}: config key 'engine.steps': must be at least 1, got 0\n"

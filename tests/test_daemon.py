@@ -531,3 +531,14 @@ def test_content_hash_is_of_the_bytes(tmp_path):
     b = tmp_path / "b.jpg"
     b.write_bytes(a.read_bytes())
     assert content_hash(a) == content_hash(b) != content_hash(write_photo(tmp_path / "c.jpg", 2))
+
+
+def test_control_commands_without_a_daemon_say_so_and_exit_1(tmp_path, monkeypatch):
+    from ghostmesh_daemon.cli import main
+    from ghostmesh_daemon.cli.env import Env
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    for cmd in ("status", "pause", "resume"):
+        out, err = io.StringIO(), io.StringIO()
+        assert main([cmd], Env(stdout=out, stderr=err)) == 1
+        assert err.getvalue().startswith(f"ghostmesh {cmd}: no daemon is running (nothing answers at {tmp_path}")
