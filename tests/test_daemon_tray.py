@@ -209,3 +209,4 @@ def test_each_state_has_its_own_icon(state):
     others = {s: icon_image(s).tobytes() for s in ["idle", "working", "paused", "error"] if s != state}
     assert img.tobytes() not in others.values()
     assert status_line({"state": state, "queue": 2, "done": 5, "pause_reasons": ["user"], "current": "/a/b.jpg"})
+

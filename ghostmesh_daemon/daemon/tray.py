@@ -107,6 +107,7 @@ class Tray:
         self._cond = threading.Condition()
         self._stopped = False
         self._flusher_done = threading.Event()
+        self._loop_ended = threading.Event()
         self._flusher: threading.Thread | None = None
         item = pystray.MenuItem
         self.menu = pystray.Menu(
@@ -162,6 +163,7 @@ class Tray:
         try:
             self.icon.run(setup=self._setup)
         finally:
+            self._loop_ended.set()
             # Only now: the loop's own last requests (destroying its window) may need the flusher.
             self._flusher_done.set()
             if self._flusher is not None:
@@ -176,7 +178,8 @@ class Tray:
         updater = getattr(self, "_updater", None)
         if updater is not None:
             updater.join(2.0)
-        self.icon.stop()
+        if not self._loop_ended.is_set():  # a loop that died (X server gone) cannot run a stop
+            self.icon.stop()
 
     def _setup(self, icon: Any) -> None:
         """pystray's setup thread: show the icon, then hand updates to a thread of our own (a daemon
