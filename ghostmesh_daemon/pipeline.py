@@ -20,7 +20,9 @@ import torch
 from . import ENGINE_VERSION
 from .engine import EngineSettings, evaluate, protect_image
 from .engine.losses import psnr, ssim
-from .dlib_check import distances_to_original
+from PIL import Image
+
+from .dlib_check import MATCH_THRESHOLD, best_match, descriptor_at, distances_to_original, find_faces, upload_like
 from .errors import GhostMeshError, ModelUnavailable, PhotoError
 from .faces import detect_faces
 from .imaging import atomic_output, is_output, output_path, read_photo, write_photo
@@ -29,6 +31,10 @@ from .targets import Target, create_target, list_targets
 from .weights import load_lpips
 
 log = logging.getLogger("ghostmesh")
+
+#: What the report's robustness check does to a protected copy: what platforms do to uploads.
+UPLOAD_QUALITY = 75
+UPLOAD_LONG_SIDE = 1080
 
 Progress = Callable[[int, int], None]
 
@@ -71,7 +77,7 @@ def load_targets(settings: EngineSettings, device: torch.device, warn: Callable[
         except ModelUnavailable as e:
             if not auto:
                 raise
-            message = f"WARNING: target {name!r} is not used: {e}"
+            message = f"target {name!r} is not used: {e}"
             warnings.append(message)
             warn(message)
     if not targets:
@@ -120,17 +126,23 @@ class Protector:
         raw_output: str = "jpeg",
         progress: Progress | None = None,
         should_stop: Callable[[], bool] | None = None,
+        settings: EngineSettings | None = None,
     ) -> ReportEntry:
-        """Protect ``src`` and write the copy; returns its report entry (status ok/failed/skipped)."""
+        """Protect ``src`` and write the copy; returns its report entry (status ok/failed/skipped).
+
+        ``settings`` overrides the engine settings for this photo only (the daemon's retry of a weak
+        photo with a stronger preset); the models stay the ones loaded.
+        """
         src = Path(src)
         started = time.perf_counter()
-        common = {"targets": self.target_names, "device": str(self.device), "preset": self.settings.preset,
-                  "mode": self.settings.mode, "limits": self.settings.limits(), "warnings": list(self.warnings)}
+        settings = settings or self.settings
+        common = {"targets": self.target_names, "device": str(self.device), "preset": settings.preset,
+                  "mode": settings.mode, "limits": settings.limits(), "warnings": list(self.warnings)}
         if not in_place and is_output(src, suffix):
             return ReportEntry.skipped(src, "already a Ghost Mesh output", **common)
         try:
             return self._protect(src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, raw_output,
-                                 progress, should_stop, started, common)
+                                 progress, should_stop, started, common, settings)
         except PhotoError as e:
             return ReportEntry.failed(e.path, e.reason, **common)
         except Exception as e:  # out of memory on a huge photo, a torch failure, a bug: the next photo goes on
@@ -140,13 +152,13 @@ class Protector:
             return ReportEntry.failed(src, reason, **common)
 
     def _protect(self, src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, raw_output, progress,
-                 should_stop, started, common) -> ReportEntry:
+                 should_stop, started, common, settings: EngineSettings) -> ReportEntry:
         photo = read_photo(src, max_megapixels=max_megapixels, raw_output=raw_output)
         if dest is None and not in_place:
             dest = output_path(src, out_dir=out_dir, suffix=suffix, raw_output=raw_output)
         x = _to_tensor(photo.rgb, self.device)
         faces = detect_faces(_to_uint8(photo.rgb))
-        outcome = protect_image(x, faces, self.targets, self.lpips, self.settings, progress=progress,
+        outcome = protect_image(x, faces, self.targets, self.lpips, settings, progress=progress,
                                 should_stop=should_stop)
         if outcome.interrupted:
             return ReportEntry.skipped(src, "stopped before it finished; nothing written", **common)
@@ -209,7 +221,40 @@ class Protector:
         unprotected = [n for n, r in results.items() if not all(r.protected) and r.protected]
         if unprotected:
             entry.warnings.append(f"not every face/image reached its goal for: {', '.join(unprotected)}")
+        entry.robustness = self._after_upload(original, decoded, faces)
+        entry.weak = entry.robustness["weak"]
+        if entry.weak:
+            entry.warnings.append("weak: after JPEG 75 + resize to 1080 px dlib still matches a face to the original")
         return entry
+
+    def _after_upload(self, original: np.ndarray, decoded: np.ndarray, faces) -> dict:
+        """The same numbers after what a platform does to an upload (JPEG 75, 1080 px long side).
+
+        ``weak`` is dlib's own verdict: its detector finds a face in the uploaded copy that it still
+        calls the same person as the original (distance < 0.6).
+        """
+        uploaded = upload_like(_to_uint8(decoded), UPLOAD_QUALITY, UPLOAD_LONG_SIDE)
+        h, w = uploaded.shape[:2]
+        sx, sy = w / original.shape[1], h / original.shape[0]
+        reference = np.asarray(Image.fromarray(_to_uint8(original)).resize((w, h), Image.Resampling.LANCZOS))
+        small_faces = [f.scaled(sx, sy) for f in faces]
+        ev = evaluate(_to_tensor(reference / 255.0, self.device), _to_tensor(uploaded / 255.0, self.device),
+                      small_faces, self.targets, self.lpips, self.settings)
+        found = find_faces(uploaded)
+        matched = []
+        for f in faces:
+            d = best_match(found, descriptor_at(_to_uint8(original), f.box))
+            matched.append(None if d is None else round(d, 4))
+        return {
+            "transform": f"JPEG {UPLOAD_QUALITY}, long side {UPLOAD_LONG_SIDE} px",
+            "size": [w, h],
+            "targets": {n: {"cosine_after": o.cosine_after, "distance_after": o.distance_after, "protected": o.protected}
+                        for n, o in ev.targets.items()},
+            "face_dlib_distance": distances_to_original(reference, uploaded, small_faces),
+            "dlib_detected_distance": matched,
+            "dlib_same_person": [d is not None and d < MATCH_THRESHOLD for d in matched],
+            "weak": any(d is not None and d < MATCH_THRESHOLD for d in matched),
+        }
 
 
 def _finite(value: float) -> float | None:

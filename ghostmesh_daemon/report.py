@@ -55,6 +55,8 @@ class ReportEntry:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     robustness: dict[str, Any] | None = None
+    #: Not protected after an upload-like JPEG 75 + 1080 px (dlib still matches): see ``robustness``.
+    weak: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -71,6 +71,10 @@ def test_protect_writes_copies_and_a_full_report(photos, tmp_path):
     assert face["limits"] == {"noise_limit": 0.05, "flow_limit": 0.01, "lpips_budget": 0.05, "face_lpips_budget": 0.03}
     assert 0 < face["max_delta"] <= 0.05 and face["psnr"] > 25 and face["ssim"] > 0.8
     assert entries[1]["psnr"] is None or entries[1]["psnr"] > 40  # nothing to protect: pixels kept
+    rob = face["robustness"]
+    assert rob["transform"] == "JPEG 75, long side 1080 px" and len(rob["face_dlib_distance"]) == 1
+    assert face["weak"] is True  # two steps cannot protect: dlib still matches after an upload
+    assert "face" in rob["targets"]
     sky = entries[1]
     assert sky["faces"] == 0 and any("no face" in w for w in sky["warnings"])
     # EXIF carried over

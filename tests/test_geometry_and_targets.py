@@ -166,3 +166,18 @@ def test_siglip_loads_from_a_local_folder(tmp_path, tiny_siglip):
         a = target.embed(Scene(whole=x))
         b = create_target("siglip", model=tiny_siglip).embed(Scene(whole=x))
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_scaled_face_maps_to_the_same_place_in_a_resized_photo():
+    import torch
+
+    from ghostmesh_daemon.engine.scene import Face
+
+    face = Face(box=(10.0, 20.0, 110.0, 120.0), landmarks=torch.tensor([[30.0, 50.0]] * 5),
+                chip_to_image=torch.tensor([[0.7, 0.0, 10.0], [0.0, 0.7, 20.0]]))
+    half = face.scaled(0.5, 0.5)
+    assert half.box == (5.0, 10.0, 55.0, 60.0)
+    # chip pixel (0, 0) sits at image pixel (10, 20): pixel-centre convention -> (4.75, 9.75)
+    corner = half.chip_to_image @ torch.tensor([0.0, 0.0, 1.0])
+    assert torch.allclose(corner, torch.tensor([4.75, 9.75]))
+    assert torch.allclose(half.landmarks[0], torch.tensor([14.75, 24.75]))

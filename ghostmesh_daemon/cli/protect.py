@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, env: Env) -> ExitStatus:
 
     from ..pipeline import Protector
 
-    protector = Protector(settings, warn=lambda m: env.stderr.write(m + "\n"))
+    protector = Protector(settings, warn=lambda m: env.stderr.write(f"WARNING: {m}\n"))
     entries: list[ReportEntry] = []
     for f in files:
         if not f.exists():

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, env: Env) -> ExitStatus:
     from ..pipeline import Protector
 
-    protector = Protector(engine_settings_from_args(args), warn=lambda m: env.stderr.write(m + "\n"))
+    protector = Protector(engine_settings_from_args(args), warn=lambda m: env.stderr.write(f"WARNING: {m}\n"))
     entry = protector.verify(args.original, args.protected)
     env.stdout.write(json.dumps(entry.to_dict(), indent=2) + "\n")
     if entry.status == "failed":

@@ -32,6 +32,16 @@ class Face:
     chip_to_image: Tensor
     chip_size: int = 150
 
+    def scaled(self, sx: float, sy: float) -> "Face":
+        """The same face in a copy of the photo resized by (sx, sy) (pixel centres stay centres)."""
+        m = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        a = torch.eye(3, dtype=torch.float64)
+        a[:2] = self.chip_to_image.double()
+        x0, y0, x1, y1 = self.box
+        pts = self.landmarks.double() * torch.tensor([sx, sy], dtype=torch.float64) + torch.tensor([0.5 * sx - 0.5, 0.5 * sy - 0.5], dtype=torch.float64)
+        return Face(box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), landmarks=pts.float(),
+                    chip_to_image=(m @ a)[:2].float(), chip_size=self.chip_size)
+
     def chip_corners(self) -> Tensor:
         """The four corners of the chip square in image pixels, shape (4, 2)."""
         n = self.chip_size - 1
