@@ -48,21 +48,44 @@ def _config_from_args(args: argparse.Namespace) -> DaemonConfig:
 
 
 def make_processor(protector, config: DaemonConfig):
-    """Bind ``Protector.protect_file`` to the daemon's output options."""
+    """Bind ``Protector.protect_file`` to the daemon's output options.
+
+    A copy reported weak (dlib still matches it after an upload-like recompression) is protected
+    once more with ``retry.weak_preset``; the second report says which preset made the copy.
+    """
+    from ..engine.settings import PRESETS, settings_for
+
     sub = config["output.subfolder"]
+    weak_preset = config["retry.weak_preset"]
 
     def process(src: Path, *, should_stop, progress) -> ReportEntry:
         if sub:
             (src.parent / sub).mkdir(exist_ok=True)
-        return protector.protect_file(
-            src,
+        options = dict(
             out_dir=Path(sub) if sub else None,
             suffix=config["output.suffix"],
             strip_gps=config["output.strip_gps"],
             max_megapixels=config["output.max_megapixels"],
+            raw_output=config["output.raw_output"],
             progress=progress,
             should_stop=should_stop,
         )
+        entry = protector.protect_file(src, **options)
+        if entry.status == "ok" and entry.weak and weak_preset and weak_preset != protector.settings.preset:
+            log.warning("%s: weak after an upload-like recompression; protecting again with the %s preset",
+                        src, weak_preset)
+            current = protector.settings
+            preset_keys = set(PRESETS[current.preset])
+            # Keep what the user chose; take the stronger preset's own flow limit, penalty and steps
+            # unless the user had set them away from the current preset's.
+            values = {k: v for k, v in current.to_dict().items()
+                      if k != "preset" and not (k in preset_keys and v == PRESETS[current.preset][k])}
+            values["targets"] = tuple(values["targets"])
+            stronger = protector.protect_file(src, settings=settings_for(weak_preset, **values), **options)
+            if stronger.status == "ok":
+                stronger.notes.append(f"retried with the {weak_preset} preset: the {protector.settings.preset} copy was weak")
+                return stronger
+        return entry
 
     return process
 
