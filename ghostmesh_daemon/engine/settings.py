@@ -29,8 +29,8 @@ class EngineSettings:
     face_lpips_budget: float = 0.03
     vertical_weight: float = 30.0
     identity_weight: float = 1.0
-    lpips_weight: float = 30.0
-    learning_rate: float = 0.1
+    lpips_weight: float = 5.0
+    learning_rate: float = 0.2
     flow_grid: int = 32
     work_size: int = 768
     whole_proxy_size: int = 256
