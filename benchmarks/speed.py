@@ -43,7 +43,6 @@ def _models_time(ev, targets, lpips) -> dict[str, float]:
     """Forward+backward of each model alone, on inputs shaped like one step's."""
     import torch
 
-    from ghostmesh_daemon.engine.geometry import downscale, fit_within
     from ghostmesh_daemon.engine.optimize import _crop
 
     out = {}
@@ -55,16 +54,12 @@ def _models_time(ev, targets, lpips) -> dict[str, float]:
 
         s = Scene(whole=whole, faces=[FaceView(v.face, v.geometry, l) for v, l in zip(scene.faces, leaf)])
         out[t.name] = _time(lambda: t.embed(s).sum().backward())
-    size = fit_within(*scene.whole.shape[-2:], ev.settings.lpips_size)
-    a = downscale(scene.whole, size).detach().clone().requires_grad_()
-    out["lpips (whole)"] = _time(lambda: lpips(a, a.detach() * 0.9, normalize=True).sum().backward())
-    crops = []
-    for v, box in zip(scene.faces, ev.crop_boxes):
-        c = _crop(v.image, box)
-        c = downscale(c, fit_within(*c.shape[-2:], 256)).detach().clone().requires_grad_()
-        crops.append(c)
+    # LPIPS against a fixed reference: the candidate's forward+backward is the model's own work.
+    a = scene.whole.detach().clone().requires_grad_()
+    out["lpips (whole)"] = _time(lambda: ev.whole_lpips(a).backward())
+    crops = [_crop(v.image, box).detach().clone().requires_grad_() for v, box in zip(scene.faces, ev.crop_boxes)]
     if crops:
-        out["lpips (faces)"] = _time(lambda: sum(lpips(c, c.detach() * 0.9, normalize=True).sum() for c in crops).backward())
+        out["lpips (faces)"] = _time(lambda: sum(ref(c) for ref, c in zip(ev.face_lpips, crops)).backward())
     return out
 
 

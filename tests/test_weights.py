@@ -59,3 +59,13 @@ def test_damaged_weights_are_refused(tmp_path, monkeypatch):
     bad.write_bytes(b"not the model")
     with pytest.raises(ModelUnavailable, match="sha256"):
         weights._verified(bad, bad.name)
+
+
+def test_reference_lpips_equals_lpips(lpips_model):
+    from ghostmesh_daemon.engine.losses import ReferenceLPIPS
+
+    ref, p1 = _img("ex_ref.png"), _img("ex_p1.png")
+    cached = ReferenceLPIPS(lpips_model, ref)
+    with torch.no_grad():
+        assert float(cached(p1)) == pytest.approx(float(lpips_model(ref, p1, normalize=True)), abs=1e-6)
+        assert float(cached(ref)) == pytest.approx(0.0, abs=1e-7)

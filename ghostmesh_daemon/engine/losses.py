@@ -22,12 +22,33 @@ def hinge(value: Tensor, budget: float) -> Tensor:
     return F.relu(value - budget)
 
 
-def lpips_distance(lpips: nn.Module, a: Tensor, b: Tensor, longest: int | None = None) -> Tensor:
-    """LPIPS between two [0, 1] images, optionally both downscaled so the longer side is ``longest``."""
-    if longest is not None:
-        size = fit_within(a.shape[-2], a.shape[-1], longest)
-        a, b = downscale(a, size), downscale(b, size)
-    return lpips(a, b, normalize=True).reshape(())
+class ReferenceLPIPS:
+    """LPIPS against one fixed reference image, whose features are computed once.
+
+    The optimizer compares every candidate with the same clean photo (and the same face crops), so
+    recomputing the reference's AlexNet features each step would waste a third of LPIPS's cost. The
+    arithmetic is ``lpips.LPIPS.forward``'s (v0.1, linear heads, spatial average) with the reference
+    half cached; a test checks the two agree.
+    """
+
+    def __init__(self, lpips: nn.Module, reference: Tensor, longest: int | None = None) -> None:
+        self.lpips = lpips
+        self.size = fit_within(reference.shape[-2], reference.shape[-1], longest) if longest else tuple(reference.shape[-2:])
+        with torch.no_grad():
+            self.reference = self._features(downscale(reference, self.size))
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        from lpips import normalize_tensor
+
+        outs = self.lpips.net.forward(self.lpips.scaling_layer(2 * x - 1))
+        return [normalize_tensor(outs[k]) for k in range(self.lpips.L)]
+
+    def __call__(self, candidate: Tensor) -> Tensor:
+        feats = self._features(downscale(candidate, self.size))
+        total = candidate.new_zeros(())
+        for k, (a, b) in enumerate(zip(feats, self.reference)):
+            total = total + self.lpips.lins[k]((a - b) ** 2).mean()
+        return total
 
 
 def psnr(a: Tensor, b: Tensor) -> float:

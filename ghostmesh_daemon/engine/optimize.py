@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from . import eot
 from .geometry import bounding_box, check_image, fit_within
-from .losses import hinge, identity_term, lpips_distance
+from .losses import ReferenceLPIPS, hinge, identity_term
 from .scene import Face, FaceView, Scene, ViewGeometry
 from .settings import EngineSettings
 from .synthesis import Bounds, Perturbation, clean_view
@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # the engine only needs the protocol; targets import the engi
     from ..targets.base import Target
 
 Progress = Callable[[int, int], None]
+
+#: Face crops are compared at this size (the long side), where a face's detail is visible.
+FACE_LPIPS_SIZE = 256
 
 
 @dataclass
@@ -112,6 +115,9 @@ class Evaluator:
         self.settings = settings
         self.clean_scene = self.scene(clean_views)
         self.crop_boxes = [face_crop_box(v) for v in self.clean_scene.faces]
+        self.whole_lpips = ReferenceLPIPS(lpips, self.clean_scene.whole, settings.lpips_size)
+        self.face_lpips = [ReferenceLPIPS(lpips, _crop(c.image, box), FACE_LPIPS_SIZE)
+                           for c, box in zip(self.clean_scene.faces, self.crop_boxes)]
         with torch.no_grad():
             self.references = {t.name: t.embed(self.clean_scene).detach() for t in self.targets}
 
@@ -119,13 +125,11 @@ class Evaluator:
         return Scene(whole=views[0], faces=[FaceView(f, g, v) for f, g, v in zip(self.faces, self.geometries[1:], views[1:])])
 
     def lpips_whole(self, scene: Scene) -> Tensor:
-        return lpips_distance(self.lpips, scene.whole, self.clean_scene.whole, self.settings.lpips_size)
+        return self.whole_lpips(scene.whole)
 
     def lpips_faces(self, scene: Scene) -> list[Tensor]:
-        return [
-            lpips_distance(self.lpips, _crop(v.image, box), _crop(c.image, box), 256)
-            for v, c, box in zip(scene.faces, self.clean_scene.faces, self.crop_boxes)
-        ]
+        """LPIPS of each face crop (the chip's bounding box) at ``FACE_LPIPS_SIZE`` px."""
+        return [ref(_crop(v.image, box)) for v, ref, box in zip(scene.faces, self.face_lpips, self.crop_boxes)]
 
     def uploaded(self, scene: Scene, d: eot.UploadDraw) -> Scene:
         """``scene`` as one random upload would leave it (every view through the same draw)."""

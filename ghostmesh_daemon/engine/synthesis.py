@@ -103,6 +103,7 @@ class Perturbation(nn.Module):
         self.noise = nn.ParameterList(
             [nn.Parameter(torch.zeros(1, 3, *v.size) if (i > 0 or whole_noise) else torch.zeros(0)) for i, v in enumerate(self.views)]
         )
+        self._plans: dict[tuple, _ViewPlan] = {}
 
     # --- fields at arbitrary pixels -----------------------------------------------------------
 
@@ -157,17 +158,40 @@ class Perturbation(nn.Module):
         field = self.flow_field()
         return [self.render_view(i, c, field) for i, c in enumerate(clean_views)]
 
+    def _plan(self, index: int, device: torch.device, dtype: torch.dtype) -> "_ViewPlan":
+        """Everything about view ``index`` that does not change between steps, computed once."""
+        key = (index, device, dtype)
+        if key not in self._plans:
+            geometry = self.views[index]
+            coords = view_coordinates(geometry, self.image_hw, device, dtype=dtype)
+            local = to_view_normalized(coords, geometry, self.image_hw)
+            others = []
+            for j, (g, theta) in enumerate(zip(self.views, self.noise)):
+                if j == index or theta.numel() == 0:
+                    continue
+                there = to_view_normalized(coords, g, self.image_hw)
+                if bool((there.abs() <= 1).all(dim=-1).any()):
+                    others.append((j, there, feather_window(there, self.bounds.feather) if j > 0 else None))
+            x0, y0, x1, y1 = geometry.box
+            H, W = self.image_hw
+            scale = torch.tensor([W / (x1 - x0), H / (y1 - y0)], device=device, dtype=dtype)
+            window = feather_window(local, self.bounds.feather) if index > 0 else None
+            self._plans[key] = _ViewPlan(coords, local, scale, window, others)
+        return self._plans[key]
+
     def render_view(self, index: int, clean: Tensor, field: Tensor | None = None) -> Tensor:
         """The candidate as view ``index`` sees it; ``clean`` is the clean view, (1, 3, h, w)."""
         check_image(clean, "clean view")
-        geometry = self.views[index]
-        coords = view_coordinates(geometry, self.image_hw, clean.device, dtype=clean.dtype)
-        raw = self.raw_noise_at(coords, skip=index)
-        own = self.noise[index] if self.noise[index].numel() else 0.0
-        if index > 0:
-            own = own * feather_window(to_view_normalized(coords, geometry, self.image_hw), self.bounds.feather)
-        delta = self.bound_noise(raw + own)
-        grid = to_view_normalized(coords + self.flow_at(coords, field), geometry, self.image_hw)
+        plan = self._plan(index, clean.device, clean.dtype)
+        raw = clean.new_zeros(())
+        for j, there, window in plan.others:
+            term = F.grid_sample(self.noise[j], there, mode="bilinear", padding_mode="border", align_corners=False)
+            raw = raw + (term if window is None else term * window)
+        if self.noise[index].numel():
+            raw = raw + (self.noise[index] if plan.window is None else self.noise[index] * plan.window)
+        delta = self.bound_noise(raw)
+        # the view's own normalised coordinates are an affine function of the photo's: shift by the flow
+        grid = plan.local + self.flow_at(plan.coords, field) * plan.scale
         return F.grid_sample(clean + delta, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     @torch.no_grad()
@@ -232,6 +256,15 @@ class Perturbation(nn.Module):
             lo = torch.maximum(-eps - base, -clean_views[i] - base) / w
             hi = torch.minimum(eps - base, 1 - clean_views[i] - base) / w
             self.noise[i].copy_(torch.maximum(torch.minimum(self.noise[i], hi), lo))
+
+
+@dataclass
+class _ViewPlan:
+    coords: Tensor  # (1, h, w, 2) photo-normalised coordinates of the view's pixels
+    local: Tensor  # the same in the view's own normalised coordinates
+    scale: Tensor  # (2,) photo-normalised -> view-normalised displacement
+    window: Tensor | None  # the view's own noise fade-out (face views)
+    others: list[tuple[int, Tensor, Tensor | None]]  # other views' noise reaching this one
 
 
 def clean_view(x: Tensor, geometry: ViewGeometry) -> Tensor:
