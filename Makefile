@@ -31,8 +31,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q -ra
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.protection
+	$(PY) -m pip install -e '.[bench]'
+	$(PY) -m benchmarks.protection --name protection_face
 	$(PY) -m benchmarks.speed
+	$(PY) -m benchmarks.robustness --reuse
+	$(PY) -m benchmarks.io_overhead
 
 clean:
 	rm -rf $(VENV) .pytest_cache
