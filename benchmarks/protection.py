@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--name", default="protection", help="results file name")
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos (quick look)")
     parser.add_argument("--face-lpips-budget", type=float, default=None, help="per-face LPIPS budget (default 0.03)")
+    parser.add_argument("--face-lpips-size", type=int, default=None, help="face LPIPS resolution (default: the preset's)")
     parser.add_argument("--eot", type=int, default=None, help="EOT samples per step (default: the settings')")
     parser.add_argument("--no-mobileface-judge", action="store_true", help="skip the held-out MobileFace check")
     add_engine_options(parser)
@@ -96,6 +97,8 @@ def main() -> None:
 
     if args.face_lpips_budget is not None:
         settings = replace(settings, face_lpips_budget=args.face_lpips_budget)
+    if args.face_lpips_size is not None:
+        settings = replace(settings, face_lpips_size=args.face_lpips_size)
     if args.eot is not None:
         settings = replace(settings, eot_samples=args.eot)
     protector = Protector(settings)
@@ -179,7 +182,7 @@ def main() -> None:
     md = [f"# Protection on ../shared/data/faces ({args.name})", "",
           f"Machine: {data['machine']}. Revision {data['revision']}. Targets: {', '.join(settings.targets)}; "
           f"preset {settings.preset}, mode {settings.mode}, up to {settings.steps} steps; noise limit {settings.noise_limit}, "
-          f"flow limit {settings.flow_limit}, LPIPS budgets {settings.lpips_budget} (photo) / {settings.face_lpips_budget} (face), "
+          f"flow limit {settings.flow_limit}, LPIPS budgets {settings.lpips_budget} (photo) / {settings.face_lpips_budget} (face, at {settings.face_lpips_size} px), "
           f"EOT samples {settings.eot_samples}.", "",
           f"- Same-person pairs no longer matched by dlib (distance >= 0.6 or no face found): as written {rate('protected_saved')}, "
           f"after JPEG 75 + resize to 1080 px {rate('protected_upload')}",

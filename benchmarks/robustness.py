@@ -17,18 +17,19 @@ from benchmarks.common import RESULTS, git_rev, machine, md_table, write_results
 
 #: name -> (group, label, extra arguments for benchmarks.protection)
 CONFIGS: dict[str, tuple[str, str, list[str]]] = {
-    "face": ("transfer", "target face (dlib)", ["--targets", "face"]),
-    "mobileface": ("transfer", "target mobileface", ["--targets", "mobileface"]),
-    "ensemble": ("transfer", "targets face + mobileface", ["--targets", "face,mobileface"]),
-    "noise_only": ("ablation", "noise only", ["--targets", "face", "--flow-limit", "0.000001"]),
-    "flow_only": ("ablation", "flow only", ["--targets", "face", "--noise-limit", "0.000001"]),
-    "both_eot": ("ablation", "noise + flow + EOT", ["--targets", "face", "--eot", "1"]),
+    "face": ("default", "stealth default: target face, face LPIPS at 512 px", ["--targets", "face"]),
+    "mobileface": ("transfer", "target mobileface (256 px)", ["--targets", "mobileface", "--face-lpips-size", "256"]),
+    "ensemble": ("transfer", "targets face + mobileface (256 px)", ["--targets", "face,mobileface", "--face-lpips-size", "256"]),
+    "noise_only": ("ablation", "noise only (256 px)", ["--targets", "face", "--flow-limit", "0.000001", "--face-lpips-size", "256"]),
+    "flow_only": ("ablation", "flow only (256 px)", ["--targets", "face", "--noise-limit", "0.000001", "--face-lpips-size", "256"]),
+    "both": ("ablation", "noise + flow (256 px)", ["--targets", "face", "--face-lpips-size", "256"]),
+    "both_eot": ("ablation", "noise + flow + EOT (256 px)", ["--targets", "face", "--eot", "1", "--face-lpips-size", "256"]),
+    "panic": ("preset", "panic preset (256 px)", ["--targets", "face", "--preset", "panic"]),
     "budget_002": ("budget", "face LPIPS budget 0.02", ["--targets", "face", "--face-lpips-budget", "0.02"]),
     "budget_005": ("budget", "face LPIPS budget 0.05", ["--targets", "face", "--face-lpips-budget", "0.05"]),
     "budget_008": ("budget", "face LPIPS budget 0.08", ["--targets", "face", "--face-lpips-budget", "0.08", "--lpips-budget", "0.08"]),
     "steps_10": ("steps", "at most 10 steps", ["--targets", "face", "--steps", "10"]),
     "steps_25": ("steps", "at most 25 steps", ["--targets", "face", "--steps", "25"]),
-    "panic": ("preset", "panic preset", ["--targets", "face", "--preset", "panic"]),
 }
 
 
@@ -56,6 +57,7 @@ def main() -> None:
         if not path.exists():
             continue
         s = json.loads(path.read_text())["summary"]
+        s.setdefault("mobileface_pairs", 0)
         rows.append([group, label, _rate(s["protected_saved"], s["pairs"]), _rate(s["protected_upload"], s["pairs"]),
                      _rate(s.get("mobileface_protected_upload", 0), s.get("mobileface_pairs", 0)),
                      s["median_lpips"], s["median_face_lpips"], s["max_face_lpips"], s["median_steps"], s["median_seconds"]])

@@ -27,9 +27,6 @@ if TYPE_CHECKING:  # the engine only needs the protocol; targets import the engi
 
 Progress = Callable[[int, int], None]
 
-#: Face crops are compared at this size (the long side), where a face's detail is visible.
-FACE_LPIPS_SIZE = 256
-
 
 @dataclass
 class TargetOutcome:
@@ -116,7 +113,7 @@ class Evaluator:
         self.clean_scene = self.scene(clean_views)
         self.crop_boxes = [face_crop_box(v) for v in self.clean_scene.faces]
         self.whole_lpips = ReferenceLPIPS(lpips, self.clean_scene.whole, settings.lpips_size)
-        self.face_lpips = [ReferenceLPIPS(lpips, _crop(c.image, box), FACE_LPIPS_SIZE)
+        self.face_lpips = [ReferenceLPIPS(lpips, _crop(c.image, box), settings.face_lpips_size)
                            for c, box in zip(self.clean_scene.faces, self.crop_boxes)]
         with torch.no_grad():
             self.references = {t.name: t.embed(self.clean_scene).detach() for t in self.targets}
@@ -128,7 +125,7 @@ class Evaluator:
         return self.whole_lpips(scene.whole)
 
     def lpips_faces(self, scene: Scene) -> list[Tensor]:
-        """LPIPS of each face crop (the chip's bounding box) at ``FACE_LPIPS_SIZE`` px."""
+        """LPIPS of each face crop (the chip's bounding box) at ``settings.face_lpips_size`` px."""
         return [ref(_crop(v.image, box)) for v, ref, box in zip(scene.faces, self.face_lpips, self.crop_boxes)]
 
     def uploaded(self, scene: Scene, d: eot.UploadDraw) -> Scene:
