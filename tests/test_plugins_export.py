@@ -281,14 +281,14 @@ def test_darktable_export_is_replaced_by_its_protected_version(tmp_path, export_
     extra = f"{FAST_ARGS} --report {report}"
     dt = load_darktable(
         tmp_path,
-        {"executable": str(ghostmesh_exe), "preset": "stealth", "targets": TARGETS, "steps": 2,
+        {"executable": str(ghostmesh_exe), "preset": "panic", "targets": TARGETS, "steps": 2,
          "extra_args": extra, "keep_unprotected": True},
     )
     assert dt.export(photo) == 1
 
     (cmd,) = dt.host.commands
     assert command_argv(cmd) == [
-        str(ghostmesh_exe), "protect", "--in-place", "--preset", "stealth", "--targets", TARGETS,
+        str(ghostmesh_exe), "protect", "--in-place", "--preset", "panic", "--targets", TARGETS,
         "--steps", "2", *extra.split(), "--", str(photo),
     ]
     assert dt.host.of("print_error") == [], dt.host.calls
@@ -532,13 +532,13 @@ def test_lightroom_rendition_is_protected_in_place(tmp_path, export_dir, ghostme
     report = tmp_path / "report.json"
     extra = f"{FAST_ARGS} --report {report}"
     lr = load_lightroom(tmp_path)
-    properties = lr_properties(ghostmesh_exe, ghostmesh_preset="stealth", ghostmesh_targets=TARGETS,
+    properties = lr_properties(ghostmesh_exe, ghostmesh_preset="panic", ghostmesh_targets=TARGETS,
                                ghostmesh_extra_args=extra)
     lr.export(properties, [(photo, True, None)])
 
     (cmd,) = lr.host.commands
     assert command_argv(cmd) == [
-        str(ghostmesh_exe), "protect", "--in-place", "--preset", "stealth", "--targets", TARGETS,
+        str(ghostmesh_exe), "protect", "--in-place", "--preset", "panic", "--targets", TARGETS,
         *extra.split(), "--", str(photo),
     ]
     assert lr.host.of("renditionIsDone") == []  # success: the export carries on with the file

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # the engine only needs the protocol; targets import the engi
 
 Progress = Callable[[int, int], None]
 
+WARMUP_STEPS = 8
+
 
 @dataclass
 class TargetOutcome:
@@ -183,7 +185,14 @@ def protect_image(
 
     generator = torch.Generator().manual_seed(settings.seed)
     params = list(pert.parameters())
-    optimizer = torch.optim.Adam(params, lr=settings.learning_rate) if settings.mode == "tanh" else None
+    # The flow's learning rate is scaled to its limit, so one step moves pixels about as far at a
+    # 3 % limit as at 1 % (at the full rate a 3 % warp overshoots the LPIPS budgets and oscillates).
+    flow_lr = settings.learning_rate * min(1.0, 0.01 / max(settings.flow_limit, 1e-9))
+    optimizer = torch.optim.Adam([{"params": [pert.flow], "lr": flow_lr},
+                                  {"params": list(pert.noise), "lr": settings.learning_rate}]) if settings.mode == "tanh" else None
+    # Adam's first steps move every parameter by the full learning rate at once, which overshoots
+    # the LPIPS budgets and costs steps to come back; a short warm-up keeps early steps feasible.
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: min(1.0, (t + 1) / WARMUP_STEPS)) if optimizer else None
     pgd_step = settings.noise_limit / 8
     best = {"score": -math.inf, "state": None, "step": 0}
     history: list[dict] = []
@@ -225,6 +234,7 @@ def protect_image(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            warmup.step()
         else:
             for p in params:
                 p.grad = None
