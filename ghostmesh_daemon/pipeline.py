@@ -173,7 +173,7 @@ class Protector:
                 raise PhotoError(dest.parent, "output folder does not exist")
             notes = write_photo(photo, protected, dest, strip_gps=strip_gps, overwrite_ours=True)
             written = dest
-        entry = self._measure(photo.rgb, read_photo(written).rgb, faces, common)
+        entry = self._measure(photo.rgb, read_photo(written).rgb, faces, common, settings)
         entry.input, entry.output = str(src), str(written)
         entry.max_delta = round(outcome.max_delta, 5)
         entry.max_flow_px = round(outcome.max_flow_px, 3)
@@ -192,7 +192,7 @@ class Protector:
                 raise PhotoError(protected, f"size {b.rgb.shape[1]}x{b.rgb.shape[0]} differs from the original's "
                                             f"{a.rgb.shape[1]}x{a.rgb.shape[0]}")
             faces = detect_faces(_to_uint8(a.rgb))
-            entry = self._measure(a.rgb, b.rgb, faces, common)
+            entry = self._measure(a.rgb, b.rgb, faces, common, self.settings)
         except PhotoError as e:
             return ReportEntry.failed(e.path, e.reason, **common)
         entry.input, entry.output = str(original), str(protected)
@@ -200,10 +200,10 @@ class Protector:
                            "(noise and warp limits are only known to the optimizer)")
         return entry
 
-    def _measure(self, original: np.ndarray, decoded: np.ndarray, faces, common) -> ReportEntry:
+    def _measure(self, original: np.ndarray, decoded: np.ndarray, faces, common, settings: EngineSettings) -> ReportEntry:
         """Numbers for the report, measured on the file as written (decoded again), not on floats."""
         x, y = _to_tensor(original, self.device), _to_tensor(decoded, self.device)
-        ev = evaluate(x, y, faces, self.targets, self.lpips, self.settings)
+        ev = evaluate(x, y, faces, self.targets, self.lpips, settings)
         results = {
             name: TargetResult(name=name, cosine_before=o.cosine_before, cosine_after=o.cosine_after,
                                distance_after=o.distance_after, goal=o.goal, protected=o.protected)
@@ -221,13 +221,13 @@ class Protector:
         unprotected = [n for n, r in results.items() if not all(r.protected) and r.protected]
         if unprotected:
             entry.warnings.append(f"not every face/image reached its goal for: {', '.join(unprotected)}")
-        entry.robustness = self._after_upload(original, decoded, faces)
+        entry.robustness = self._after_upload(original, decoded, faces, settings)
         entry.weak = entry.robustness["weak"]
         if entry.weak:
             entry.warnings.append("weak: after JPEG 75 + resize to 1080 px dlib still matches a face to the original")
         return entry
 
-    def _after_upload(self, original: np.ndarray, decoded: np.ndarray, faces) -> dict:
+    def _after_upload(self, original: np.ndarray, decoded: np.ndarray, faces, settings: EngineSettings) -> dict:
         """The same numbers after what a platform does to an upload (JPEG 75, 1080 px long side).
 
         ``weak`` is dlib's own verdict: its detector finds a face in the uploaded copy that it still
@@ -239,7 +239,7 @@ class Protector:
         reference = np.asarray(Image.fromarray(_to_uint8(original)).resize((w, h), Image.Resampling.LANCZOS))
         small_faces = [f.scaled(sx, sy) for f in faces]
         ev = evaluate(_to_tensor(reference / 255.0, self.device), _to_tensor(uploaded / 255.0, self.device),
-                      small_faces, self.targets, self.lpips, self.settings)
+                      small_faces, self.targets, self.lpips, settings)
         found = find_faces(uploaded)
         matched = []
         for f in faces:

@@ -86,11 +86,10 @@ def plan_views(image_hw: tuple[int, int], faces: Sequence[Face], settings: Engin
 
 def face_crop_box(view: FaceView) -> tuple[int, int, int, int]:
     """The chip's bounding box in view pixels: where the per-face LPIPS is measured."""
-    a = view.chip_to_view().double()
-    n = view.face.chip_size - 1
-    corners = torch.tensor([[0.0, 0.0, 1], [n, 0, 1], [n, n, 1], [0, n, 1]], dtype=torch.float64) @ a.T
+    a = view.geometry.image_to_view().float()
+    corners = view.face.chip_corners() @ a[:, :2].T + a[:, 2]
     h, w = view.image.shape[-2:]
-    return bounding_box(corners.float(), h, w)
+    return bounding_box(corners, h, w)
 
 
 def _crop(image: Tensor, box: tuple[int, int, int, int]) -> Tensor:
