@@ -5,12 +5,18 @@ faces found in A' and B's face (HOG + 5-point + 0.6 threshold), on the file as w
 the original's quality) and after an upload-like JPEG 75 + resize to 1080 px. A pair counts as
 protected when no face in A' is within 0.6 of B (or HOG finds no face in A').
 
-    python -m benchmarks.protection [--targets face] [--preset stealth] [--steps N] [--name NAME]
+Held-out judges: every face embedder among :data:`JUDGES` that protection did not optimise against
+(``--judges`` names others, or ``none``) judges the same pairs with its own distance and match threshold,
+counting only the pairs it matched before protection. Each judge's ROC AUC on the reference photos says how
+well it tells these people apart at all (a judge near 0.5 says little about transfer).
+
+    python -m benchmarks.protection [--targets face] [--preset stealth] [--steps N] [--name NAME] [--judges A,B|none]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -26,16 +32,23 @@ from ghostmesh_daemon.imaging import read_photo
 from ghostmesh_daemon.pipeline import Protector
 
 
-class MobileFaceJudge:
-    """The held-out embedder check: MobileFace's cosine distance, "same person" below its threshold.
+#: Face embedders that judge protection when they are not among its targets (held out).
+JUDGES = ("mobileface", "mobilefacenet")
+
+
+class EmbedderJudge:
+    """A face embedder target used as a judge: its own distance, "same person" below its match threshold.
 
     Faces are found with dlib's detector on each photo (as an attacker would), then embedded.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         from ghostmesh_daemon.targets import create_target
 
-        self.target = create_target("mobileface")
+        self.name = name
+        self.target = create_target(name)
+        if self.target.info.kind != "face" or self.target.info.match_threshold is None:
+            raise SystemExit(f"--judges: {name!r} is not a face embedder with a match threshold")
         self.threshold = self.target.info.match_threshold
 
     def faces(self, rgb: np.ndarray) -> list[np.ndarray]:
@@ -55,10 +68,31 @@ class MobileFaceJudge:
         return [e.numpy() for e in emb]
 
     def distance(self, candidates: list[np.ndarray], reference: np.ndarray) -> float | None:
+        """The smallest distance from any candidate face to ``reference`` in the model's metric; None without faces."""
         if not candidates:
             return None
-        cos = [float(c @ reference / (np.linalg.norm(c) * np.linalg.norm(reference))) for c in candidates]
-        return 1 - max(cos)
+        import torch
+
+        ref = torch.from_numpy(np.asarray(reference))[None]
+        return min(float(self.target.distance(ref, torch.from_numpy(np.asarray(c))[None])) for c in candidates)
+
+
+def judge_names(requested: str | None, targets: list[str]) -> list[str]:
+    """The judges to use: ``requested`` (comma-separated, or ``none``), by default every one of :data:`JUDGES` not in ``targets``."""
+    if requested is None:
+        return [n for n in JUDGES if n not in targets]
+    return [] if requested.strip() == "none" else [n.strip() for n in requested.split(",") if n.strip()]
+
+
+def reference_auc(judge: EmbedderJudge, refs: list[tuple[str, np.ndarray]]) -> float | None:
+    """ROC AUC of the judge's distance on every pair of reference photos (person, embedding): 0.5 is chance."""
+    same, diff = [], []
+    for (pa, ea), (pb, eb) in itertools.combinations(refs, 2):
+        d = judge.distance([ea], eb)
+        (same if pa == pb else diff).append(d)
+    if not same or not diff:
+        return None
+    return float(np.mean([[1.0 if s < d else 0.5 if s == d else 0.0 for d in diff] for s in same]))
 
 
 def _uint8(path: Path) -> np.ndarray:
@@ -88,7 +122,8 @@ def main() -> None:
     parser.add_argument("--face-lpips-budget", type=float, default=None, help="per-face LPIPS budget (default 0.03)")
     parser.add_argument("--face-lpips-size", type=int, default=None, help="face LPIPS resolution (default: the preset's)")
     parser.add_argument("--eot", type=int, default=None, help="EOT samples per step (default: the settings')")
-    parser.add_argument("--no-mobileface-judge", action="store_true", help="skip the held-out MobileFace check")
+    parser.add_argument("--judges", default=None, metavar="A,B|none",
+                        help=f"face embedders that judge the pairs (default: those of {', '.join(JUDGES)} not among the targets)")
     add_engine_options(parser)
     args = parser.parse_args()
     if args.targets is None:
@@ -103,15 +138,24 @@ def main() -> None:
     if args.eot is not None:
         settings = replace(settings, eot_samples=args.eot)
     protector = Protector(settings)
-    judge = None if args.no_mobileface_judge else MobileFaceJudge()
+    targets = protector.target_names
+    judges = [EmbedderJudge(n) for n in judge_names(args.judges, targets)]
 
     refs = {}
     for person, path in references():
         found = find_faces(_uint8(path))
-        if found:  # the largest face is the person's
-            mf = judge.faces(_uint8(path)) if judge else []
+        if found:  # the largest face is the person's (detect_faces lists the largest first)
+            by_judge = {}
+            for judge in judges:
+                emb = judge.faces(_uint8(path))
+                by_judge[judge.name] = emb[0] if emb else None
             refs[path] = (person, max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).descriptor,
-                          mf[0] if mf else None)
+                          by_judge)
+    judge_info = {
+        j.name: {"held_out": j.name not in targets, "threshold": j.threshold,
+                 "reference_auc": reference_auc(j, [(p, e[j.name]) for p, _, e in refs.values() if e[j.name] is not None])}
+        for j in judges
+    }
 
     photos = face_photos()[: args.limit]
     per_photo, pairs, sheet_rows = [], [], []
@@ -126,9 +170,8 @@ def main() -> None:
             original, written = _uint8(path), _uint8(Path(entry.output))
             uploaded = upload_like(written, 75, 1080)
             found_saved, found_upload, found_before = find_faces(written), find_faces(uploaded), find_faces(original)
-            mf_before = judge.faces(original) if judge else []
-            mf_saved, mf_upload = (judge.faces(written), judge.faces(uploaded)) if judge else ([], [])
-            for ref_path, (ref_person, desc, mf_ref) in refs.items():
+            judged = {j.name: (j.faces(original), j.faces(written), j.faces(uploaded)) for j in judges}
+            for ref_path, (ref_person, desc, judge_refs) in refs.items():
                 if ref_person != person or ref_path == path:
                     continue
                 before = best_match(found_before, desc)
@@ -140,12 +183,16 @@ def main() -> None:
                     "protected_saved": saved is None or saved >= MATCH_THRESHOLD,
                     "protected_upload": upload is None or upload >= MATCH_THRESHOLD,
                 }
-                if judge and mf_ref is not None:
-                    mb, ms, mu = (judge.distance(c, mf_ref) for c in (mf_before, mf_saved, mf_upload))
-                    pair.update({"mobileface_before": mb, "mobileface_saved": ms, "mobileface_upload": mu,
-                                 "mobileface_matched_before": mb is not None and mb < judge.threshold,
-                                 "mobileface_protected_saved": ms is None or ms >= judge.threshold,
-                                 "mobileface_protected_upload": mu is None or mu >= judge.threshold})
+                for judge in judges:  # keys <judge>_before, _saved, _upload, _matched_before, _protected_saved/upload
+                    ref_emb = judge_refs[judge.name]
+                    if ref_emb is None:
+                        continue
+                    n = judge.name
+                    jb, js, ju = (judge.distance(c, ref_emb) for c in judged[n])
+                    pair.update({f"{n}_before": jb, f"{n}_saved": js, f"{n}_upload": ju,
+                                 f"{n}_matched_before": jb is not None and jb < judge.threshold,
+                                 f"{n}_protected_saved": js is None or js >= judge.threshold,
+                                 f"{n}_protected_upload": ju is None or ju >= judge.threshold})
                 pairs.append(pair)
             r = entry.target_results.get("face")
             per_photo.append({
@@ -167,16 +214,21 @@ def main() -> None:
         "pairs": len(pairs),
         "protected_saved": sum(p["protected_saved"] for p in pairs),
         "protected_upload": sum(p["protected_upload"] for p in pairs),
-        # held-out MobileFace: only pairs it matched before protection count
-        "mobileface_pairs": sum(1 for p in pairs if p.get("mobileface_matched_before")),
-        "mobileface_protected_saved": sum(1 for p in pairs if p.get("mobileface_matched_before") and p["mobileface_protected_saved"]),
-        "mobileface_protected_upload": sum(1 for p in pairs if p.get("mobileface_matched_before") and p["mobileface_protected_upload"]),
         "median_lpips": statistics.median(p["lpips"] for p in ok) if ok else None,
         "median_face_lpips": statistics.median(face_lp) if face_lp else None,
         "max_face_lpips": max(face_lp) if face_lp else None,
         "median_seconds": statistics.median(p["seconds"] for p in ok) if ok else None,
         "median_steps": statistics.median(p["steps"] for p in ok) if ok else None,
     }
+    for n, info in judge_info.items():
+        # Each judge counts only the pairs it matched before protection (<judge>_pairs).
+        matched = [p for p in pairs if p.get(f"{n}_matched_before")]
+        summary[f"{n}_pairs"] = len(matched)
+        summary[f"{n}_protected_saved"] = sum(p[f"{n}_protected_saved"] for p in matched)
+        summary[f"{n}_protected_upload"] = sum(p[f"{n}_protected_upload"] for p in matched)
+        info.update(pairs=len(matched), protected_saved=summary[f"{n}_protected_saved"],
+                    protected_upload=summary[f"{n}_protected_upload"])
+    summary["judges"] = judge_info
     data = {"name": args.name, "machine": machine(), "revision": git_rev(), "settings": settings.to_dict(), "summary": summary,
             "photos": per_photo, "pairs": pairs}
     rate = lambda k: f"{summary[k]}/{summary['pairs']} ({100 * summary[k] / max(1, summary['pairs']):.0f} %)"
@@ -187,8 +239,12 @@ def main() -> None:
           f"EOT samples {settings.eot_samples}.", "",
           f"- Same-person pairs no longer matched by dlib (distance >= 0.6 or no face found): as written {rate('protected_saved')}, "
           f"after JPEG 75 + resize to 1080 px {rate('protected_upload')}",
-          f"- Held-out check, MobileFace (pairs it matched before protection: {summary['mobileface_pairs']}): "
-          f"no longer matched as written {summary['mobileface_protected_saved']}, after JPEG 75 + 1080 px {summary['mobileface_protected_upload']}",
+          *[f"- {'Held-out judge' if info['held_out'] else 'Judge (also a target, not held out)'} {n} "
+            f"(threshold {info['threshold']:.3g}; AUC on the reference pairs "
+            f"{'n/a' if info['reference_auc'] is None else format(info['reference_auc'], '.2f')}, 0.5 = chance; "
+            f"pairs it matched before protection: {info['pairs']}): no longer matched as written {info['protected_saved']}, "
+            f"after JPEG 75 + 1080 px {info['protected_upload']}" for n, info in judge_info.items()],
+          *([] if judge_info else ["- No held-out judge (every judge is a target, or --judges none)"]),
           f"- Whole-photo LPIPS median {summary['median_lpips']:.3f}; face-crop LPIPS median {summary['median_face_lpips']:.3f}, "
           f"max {summary['max_face_lpips']:.3f}",
           f"- Seconds per photo median {summary['median_seconds']:.1f}; steps median {summary['median_steps']}", "",
@@ -196,16 +252,20 @@ def main() -> None:
                    [[p["photo"], p.get("megapixels"), ", ".join(f"{d:.2f}" for d in p.get("dlib_distance_to_original", [])),
                      ", ".join(f"{d:.3f}" for d in p.get("face_lpips", [])), p.get("lpips"), p.get("steps"), p.get("seconds")]
                     for p in per_photo]), "",
-          "Pairs (dlib distance from the protected photo to another photo of the same person; before = the original):", "",
-          md_table(["protected", "reference", "before", "as written", "JPEG 75 + 1080 px"],
+          "Pairs (dlib distance from the protected photo to another photo of the same person; before = the original; "
+          "then each judge's own distance, - where it found no face):", "",
+          md_table(["protected", "reference", "before", "as written", "JPEG 75 + 1080 px",
+                    *(f"{n}: before / as written / after upload" for n in judge_info)],
                    [[p["protected"], p["reference"], p["before"], p["saved"] if p["saved"] is not None else "no face",
-                     p["upload"] if p["upload"] is not None else "no face"] for p in pairs])]
+                     p["upload"] if p["upload"] is not None else "no face",
+                     *(" / ".join("-" if p.get(f"{n}_{k}") is None else f"{p[f'{n}_{k}']:.3g}" for k in ("before", "saved", "upload"))
+                       for n in judge_info)] for p in pairs])]
     write_results(args.name, data, "\n".join(md))
     if sheet_rows:
         from benchmarks.common import RESULTS
 
         contact_sheet(sheet_rows, RESULTS / f"{args.name}_contact_sheet.jpg")
-    print("\n".join(md[:9]))
+    print("\n".join(md[: 8 + max(1, len(judge_info))]))
 
 
 if __name__ == "__main__":
