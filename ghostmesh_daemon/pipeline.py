@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from . import ENGINE_VERSION
-from .engine import EngineSettings, evaluate, protect_image
-from .engine.losses import psnr, ssim
 from PIL import Image
+
+from .engine import EngineSettings, evaluate, protect_image
+from .engine.eot import JpegCodec
+from .engine.losses import psnr, ssim
 
 from .dlib_check import MATCH_THRESHOLD, best_match, descriptor_at, distances_to_original, find_faces, upload_like
 from .errors import GhostMeshError, ModelUnavailable, PhotoError
@@ -159,8 +161,9 @@ class Protector:
             dest = output_path(src, out_dir=out_dir, suffix=suffix, raw_output=raw_output)
         x = _to_tensor(photo.rgb, self.device)
         faces = detect_faces(_to_uint8(photo.rgb))
+        encoding = photo.jpeg_encoding()
         outcome = protect_image(x, faces, self.targets, self.lpips, settings, progress=progress,
-                                should_stop=should_stop)
+                                should_stop=should_stop, codec=JpegCodec.from_pillow(*encoding) if encoding else None)
         if outcome.interrupted:
             return ReportEntry.skipped(src, "stopped before it finished; nothing written", **common)
         protected = outcome.image[0].permute(1, 2, 0).cpu().numpy()

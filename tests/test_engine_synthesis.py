@@ -188,3 +188,48 @@ def test_upload_draws_are_seeded_and_keep_the_view_size():
         assert 0.3 <= d.scale <= 1.0 and 60 <= d.quality <= 95
     y.sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_jpeg_codec_with_a_files_own_tables_matches_libjpeg_on_its_block_grid():
+    """The round trip with the file's tables and chroma layout tracks libjpeg, also for a view that
+    starts off the 8x8 grid (``origin`` puts the blocks where the encoder's are)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import shared_data
+    from ghostmesh_daemon.engine.eot import JpegCodec, jpeg_round_trip
+
+    src = Image.open(shared_data("faces", "obama", "obama.jpg"))
+    tables = [list(v) for _, v in sorted(src.quantization.items())]
+    im = src.convert("RGB").crop((296, 96, 552, 352))
+    noisy = np.clip(np.asarray(im).astype(np.float32) + np.random.default_rng(0).normal(0, 6, (256, 256, 3)), 0, 255).round()
+    x = torch.from_numpy(noisy).permute(2, 0, 1)[None].float() / 255
+    for sub in (0, 2):
+        buf = io.BytesIO()
+        Image.fromarray(noisy.astype(np.uint8)).save(buf, format="JPEG", qtables=tables, subsampling=sub)
+        real = torch.from_numpy(np.asarray(Image.open(buf)).copy()).permute(2, 0, 1)[None].float() / 255
+        codec = JpegCodec.from_pillow(tables, 95, sub)
+        ours = jpeg_round_trip(x, codec, exact=True)
+        # libjpeg's integer colour conversion and DCT round some coefficients the other way, so
+        # pixels differ by ~1.5 levels; what the optimizer needs is the same amount of damage.
+        err, damage, ours_damage = ((ours - real).abs().mean(), (x - real).abs().mean(), (x - ours).abs().mean())
+        assert err < 0.5 * damage, (sub, err, damage)
+        assert abs(ours_damage - damage) < 0.1 * damage, (sub, ours_damage, damage)
+        # A view whose top-left sits at (3, 5) of that image: same pixels as the full round trip there.
+        view = jpeg_round_trip(x[..., 3:200, 5:200], codec, origin=(3, 5), exact=True)
+        inner = (view - ours[..., 3:200, 5:200])[..., 16:-16, 16:-16]  # away from the replicated edges
+        assert inner.abs().max() < 1e-4, (sub, inner.abs().max())
+
+
+def test_jpeg_codec_tables_and_subsampling_from_pillow():
+    from ghostmesh_daemon.engine.eot import JpegCodec
+
+    q90 = JpegCodec.from_quality(90)
+    assert JpegCodec.from_pillow(None, 90, 2) == q90
+    c = JpegCodec.from_pillow([list(q90.luma), list(q90.chroma)], 95, 0)
+    assert c.luma == q90.luma and c.subsampling == (1, 1)
+    assert JpegCodec.from_pillow([list(q90.luma)], 95, 1).chroma == q90.luma  # one table for every component
+    with pytest.raises(ValueError):
+        JpegCodec((1,) * 10, q90.chroma)

@@ -153,6 +153,24 @@ def test_jpeg_keeps_tables_sampling_progression_and_size(tmp_path, subsampling, 
     assert 0.85 < ratio < 1.10, ratio
 
 
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+def test_jpeg_encoding_is_what_the_writer_uses(tmp_path, subsampling):
+    """What the optimizer is told about the JPEG it will be written as: the writer's own tables and
+    chroma layout; nothing for formats it does not model (PNG) or grey JPEGs."""
+    src = tmp_path / "a.jpg"
+    Image.fromarray(u8(gradient(64, 80))).save(src, quality=83, subsampling=subsampling)
+    tables, _, sub = read_photo(src).jpeg_encoding()
+    with Image.open(src) as im:
+        assert tables == [list(v) for _, v in sorted(im.quantization.items())]
+    assert sub == subsampling
+    png = tmp_path / "a.png"
+    Image.fromarray(u8(gradient(64, 80))).save(png)
+    assert read_photo(png).jpeg_encoding() is None
+    grey = tmp_path / "g.jpg"
+    Image.fromarray(u8(gradient(64, 80))[..., 0]).save(grey, quality=83)
+    assert read_photo(grey).jpeg_encoding() is None
+
+
 def test_jpeg_metadata_thumbnail_and_gps(tmp_path):
     src = tmp_path / "cam.jpg"
     icc = photo_mod._srgb_icc()

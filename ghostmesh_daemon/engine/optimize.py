@@ -105,8 +105,9 @@ class Evaluator:
     """
 
     def __init__(self, clean_views: list[Tensor], geometries: list[ViewGeometry], faces: Sequence[Face],
-                 targets: Sequence[Target], lpips: nn.Module, settings: EngineSettings) -> None:
+                 targets: Sequence[Target], lpips: nn.Module, settings: EngineSettings, goal_margin: float = 0.0) -> None:
         self.geometries = geometries
+        self.goal_scale = 1.0 + goal_margin
         self.faces = list(faces)
         self.targets = list(targets)
         self.lpips = lpips
@@ -136,6 +137,18 @@ class Evaluator:
             faces=[FaceView(v.face, v.geometry, eot.apply(v.image, d, v.geometry.scale[1])) for v in scene.faces],
         )
 
+    def written(self, scene: Scene, codec: eot.JpegCodec) -> Scene:
+        """``scene`` as the JPEG writer will leave it: face views at the photo's own resolution go
+        through ``codec`` on the photo's block grid. Downscaled views (faces larger than the face view)
+        and the whole-photo view are left alone: at their scale the blocks are below a pixel."""
+        faces = []
+        for v in scene.faces:
+            if v.geometry.scale == (1.0, 1.0):
+                x0, y0, _, _ = v.geometry.box
+                v = FaceView(v.face, v.geometry, eot.jpeg_round_trip(v.image, codec, origin=(y0, x0), exact=True))
+            faces.append(v)
+        return Scene(whole=scene.whole, faces=faces)
+
     def measure(self, scene: Scene, draws: Sequence[eot.UploadDraw] = ()) -> dict:
         """Similarities, distances and LPIPS of ``scene`` (differentiable).
 
@@ -150,7 +163,7 @@ class Evaluator:
             embs = [t.embed(s) for s in scenes]
             sim = torch.stack([t.similarity(ref, e) for e in embs]).mean(0)
             dist = torch.stack([t.distance(ref, e) for e in embs]).mean(0)
-            per_target[t.name] = (sim, dist, dist.detach() >= t.goal)
+            per_target[t.name] = (sim, dist, dist.detach() >= t.goal * self.goal_scale)
         return {"targets": per_target, "lpips": self.lpips_whole(scene), "face_lpips": self.lpips_faces(scene)}
 
 
@@ -163,11 +176,15 @@ def protect_image(
     *,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    codec: eot.JpegCodec | None = None,
 ) -> Outcome:
     """Optimize a bounded perturbation of ``x`` (1, 3, H, W) in [0, 1] against ``targets``.
 
-    Stops early once every target is past its goal and both LPIPS budgets hold; returns the best
-    step that kept the budgets (the clean photo itself, at worst).
+    Stops early once every target is past its goal (by ``settings.goal_margin``) and both LPIPS
+    budgets hold; returns the best step that kept the budgets (the clean photo itself, at worst).
+    ``codec`` is the JPEG the result will be written with, if any: every step then measures the
+    candidate as that file will hold it, so the budgets and goals hold for the file, not just for
+    the float pixels.
     """
     check_image(x)
     started = time.perf_counter()
@@ -179,7 +196,7 @@ def protect_image(
     bounds = Bounds(noise_limit=settings.noise_limit, flow_limit=settings.flow_limit, mode=settings.mode)
     pert = Perturbation((H, W), whole, face_geoms, bounds, settings.flow_grid, whole_noise=need_detail).to(x.device)
     clean_views = [clean_view(x, g) for g in geometries]
-    ev = Evaluator(clean_views, geometries, faces, targets, lpips, settings)
+    ev = Evaluator(clean_views, geometries, faces, targets, lpips, settings, goal_margin=settings.goal_margin)
     active = [t for t in targets if ev.references[t.name].shape[0] > 0]
 
     generator = torch.Generator().manual_seed(settings.seed)
@@ -193,6 +210,8 @@ def protect_image(
     # the LPIPS budgets and costs steps to come back; a short warm-up keeps early steps feasible.
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: min(1.0, (t + 1) / WARMUP_STEPS)) if optimizer else None
     pgd_step = settings.noise_limit / 8
+    whole_budget = settings.lpips_budget * (1 - settings.lpips_margin)
+    face_budget = settings.face_lpips_budget * (1 - settings.lpips_margin)
     best = {"score": -math.inf, "state": None, "step": 0}
     history: list[dict] = []
     stopped_early = interrupted = False
@@ -204,12 +223,21 @@ def protect_image(
             break
         t0 = time.perf_counter()
         scene = ev.scene(pert.render_views(clean_views))
-        m = ev.measure(scene, [eot.draw(generator) for _ in range(settings.eot_samples)])
+        draws = [eot.draw(generator) for _ in range(settings.eot_samples)]
+        m = ev.measure(scene, draws)
+        # Steer by the float pixels, judge by the file: gradients through JPEG's rounding point the
+        # wrong way (following them, a face's LPIPS rose while its weight grew), so the written
+        # version is only measured, and each LPIPS hinge's budget is lowered by what the JPEG adds.
+        judged = m
+        if codec is not None:
+            with torch.no_grad():
+                judged = ev.measure(ev.written(scene, codec), draws)
         lp_whole, lp_faces = m["lpips"], m["face_lpips"]
-        within = float(lp_whole.detach()) <= settings.lpips_budget and all(float(v.detach()) <= settings.face_lpips_budget for v in lp_faces)
-        done_all = all(bool(m["targets"][t.name][2].all()) for t in active)
-        score = _progress_score(m, active)
-        history.append({"step": step, "lpips": float(lp_whole.detach()), "face_lpips": [float(v.detach()) for v in lp_faces], "score": score})
+        lp_judged = [float(judged["lpips"].detach()), *(float(v.detach()) for v in judged["face_lpips"])]
+        within = lp_judged[0] <= whole_budget and all(v <= face_budget for v in lp_judged[1:])
+        done_all = all(bool(judged["targets"][t.name][2].all()) for t in active)
+        score = _progress_score(judged, active, ev.goal_scale)
+        history.append({"step": step, "lpips": lp_judged[0], "face_lpips": lp_judged[1:], "score": score})
         if within and score > best["score"]:
             best = {"score": score, "state": [p.detach().clone() for p in params], "step": step}
         if not active or (within and done_all) or step == settings.steps:
@@ -218,11 +246,11 @@ def protect_image(
             break
         # Only terms that can move enter the loss: a row past its goal or an LPIPS under its budget
         # has zero gradient, and leaving it out spares its model's backward pass.
-        terms = [identity_term(m["targets"][t.name][0], m["targets"][t.name][2]) * settings.identity_weight
-                 for t in active if not bool(m["targets"][t.name][2].all())]
-        terms += [settings.lpips_weight * hinge(v, budget)
-                  for v, budget in [(lp_whole, settings.lpips_budget), *((v, settings.face_lpips_budget) for v in lp_faces)]
-                  if float(v.detach()) > budget]
+        terms = [identity_term(m["targets"][t.name][0], judged["targets"][t.name][2]) * settings.identity_weight
+                 for t in active if not bool(judged["targets"][t.name][2].all())]
+        lpips_terms = [(v, budget - max(0.0, vj - float(v.detach())))
+                       for v, vj, budget in zip([lp_whole, *lp_faces], lp_judged, [whole_budget, *[face_budget] * len(lp_faces)])]
+        terms += [settings.lpips_weight * hinge(v, budget) for v, budget in lpips_terms if float(v.detach()) > budget]
         loss = sum(terms, torch.zeros((), device=x.device))
         if settings.vertical_weight:
             loss = loss + settings.vertical_weight * pert.vertical_flow_energy()
@@ -313,13 +341,14 @@ def evaluate(original: Tensor, protected: Tensor, faces: Sequence[Face], targets
     )
 
 
-def _progress_score(m: dict, active: Sequence[Target]) -> float:
-    """How far the least-protected row is towards its goal (1.0 = at the goal), plus a small tiebreak."""
+def _progress_score(m: dict, active: Sequence[Target], goal_scale: float = 1.0) -> float:
+    """How far the least-protected row is towards its goal (1.0 = at the goal including the stop
+    margin ``goal_scale``), plus a small tiebreak."""
     ratios = []
     for t in active:
         _, dist, _ = m["targets"][t.name]
         if dist.numel():
-            ratios.append((dist.detach() / t.goal).clamp(max=1.0))
+            ratios.append((dist.detach() / (t.goal * goal_scale)).clamp(max=1.0))
     if not ratios:
         return 0.0
     allr = torch.cat(ratios)

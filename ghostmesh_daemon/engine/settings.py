@@ -40,6 +40,13 @@ class EngineSettings:
     #: were calibrated at; 512 judges the noise nearer to 100 % view, stricter and slower.
     face_lpips_size: int = 256
     eot_samples: int = 0
+    #: The optimizer stops once each distance is this fraction past its goal: the full-resolution
+    #: render and the 8-bit write each move a distance by up to about 1 % (measured on the shared
+    #: faces), and the report judges the written file against the goal itself.
+    goal_margin: float = 0.01
+    #: The optimizer holds each LPIPS this fraction under its budget: its model of the JPEG writer
+    #: (``eot.JpegCodec``) runs about 0.001 below libjpeg's face LPIPS at 512 px.
+    lpips_margin: float = 0.05
     face_goal: float | None = None
     image_goal: float | None = None
     seed: int = 0

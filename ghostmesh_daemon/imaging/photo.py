@@ -78,6 +78,10 @@ _MAGIC = [
 ]
 
 
+#: Quality of a JPEG written without the original's tables (a RAW developed to JPEG).
+JPEG_QUALITY_WITHOUT_TABLES = 95
+
+
 @dataclass
 class Photo:
     """A decoded photo and everything needed to write its protected copy back faithfully.
@@ -116,6 +120,15 @@ class Photo:
     @property
     def grayscale(self) -> bool:
         return self.channels == "L"
+
+    def jpeg_encoding(self) -> tuple[list[list[int]] | None, int, int] | None:
+        """How the protected copy's JPEG will be quantized: (per-component tables, or None for libjpeg's
+        tables at the quality given), quality, Pillow's subsampling code. None when the copy is not an
+        RGB JPEG. The optimizer uses it to see the copy as it will be written."""
+        if self.format != "JPEG" or self.channels != "RGB":
+            return None
+        sub = self.jpeg_subsampling if self.jpeg_subsampling is not None and self.jpeg_subsampling >= 0 else 2
+        return (self.jpeg_qtables or None), JPEG_QUALITY_WITHOUT_TABLES, sub
 
 
 # ---------------------------------------------------------------------------------------------
@@ -796,7 +809,7 @@ def _encode_jpeg(photo: Photo, colour: np.ndarray, exif: bytes | None, xmp: byte
     if photo.jpeg_qtables:
         params["qtables"] = photo.jpeg_qtables
     else:
-        params["quality"] = 95
+        params["quality"] = JPEG_QUALITY_WITHOUT_TABLES
     if photo.jpeg_subsampling is not None and photo.jpeg_subsampling >= 0:
         params["subsampling"] = photo.jpeg_subsampling
     if photo.colour_converted:
