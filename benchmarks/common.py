@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
+#: ../shared/data beside the project; $GHOSTMESH_BENCH_DATA names another copy (a lent GPU machine has no ../shared).
+DATA = Path(os.environ.get("GHOSTMESH_BENCH_DATA", ROOT.parent / "shared" / "data"))
 FACES = DATA / "faces"
 RESULTS = ROOT / "benchmarks" / "results"
 

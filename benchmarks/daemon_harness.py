@@ -21,7 +21,7 @@ from PIL import Image
 from ghostmesh_daemon.daemon.control import ControlUnavailable, request
 
 ROOT = Path(__file__).resolve().parents[1]
-FACES = ROOT.parent / "shared" / "data" / "faces"
+from benchmarks.common import FACES
 RESULTS = ROOT / "benchmarks" / "results"
 CLI = [sys.executable, "-c", "from ghostmesh_daemon.cli import entry_point; entry_point()"]
 

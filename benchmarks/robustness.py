@@ -23,7 +23,8 @@ JUDGE_LABELS = {"mobileface": "MobileFace", "mobilefacenet": "MobileFaceNet"}
 
 #: name -> (group, label, extra arguments for benchmarks.protection)
 CONFIGS: dict[str, tuple[str, str, list[str]]] = {
-    "face": ("default", "stealth default: target face, face LPIPS at 512 px", ["--targets", "face"]),
+    "auto": ("default", "defaults: targets auto (face + mobileface), stealth, face LPIPS at 512 px", ["--targets", "auto"]),
+    "face": ("default", "stealth, target face only, face LPIPS at 512 px", ["--targets", "face"]),
     "mobileface": ("transfer", "target mobileface (256 px)", ["--targets", "mobileface", "--face-lpips-size", "256"]),
     "ensemble": ("transfer", "targets face + mobileface (256 px)", ["--targets", "face,mobileface", "--face-lpips-size", "256"]),
     "noise_only": ("ablation", "noise only (256 px)", ["--targets", "face", "--flow-limit", "0.000001", "--face-lpips-size", "256"]),
@@ -36,6 +37,10 @@ CONFIGS: dict[str, tuple[str, str, list[str]]] = {
     "budget_008": ("budget", "face LPIPS budget 0.08", ["--targets", "face", "--face-lpips-budget", "0.08", "--lpips-budget", "0.08"]),
     "steps_10": ("steps", "at most 10 steps", ["--targets", "face", "--steps", "10"]),
     "steps_25": ("steps", "at most 25 steps", ["--targets", "face", "--steps", "25"]),
+    "auto_eot": ("transfer", "defaults + EOT (1 upload draw per step)", ["--targets", "auto", "--eot", "1"]),
+    "panic_budget_002": ("budget", "panic, face LPIPS budget 0.02", ["--targets", "face", "--preset", "panic", "--face-lpips-budget", "0.02"]),
+    "panic_budget_005": ("budget", "panic, face LPIPS budget 0.05", ["--targets", "face", "--preset", "panic", "--face-lpips-budget", "0.05"]),
+    "panic_steps_10": ("steps", "panic, at most 10 steps", ["--targets", "face", "--preset", "panic", "--steps", "10"]),
 }
 
 
@@ -43,20 +48,40 @@ def _rate(a: int, b: int) -> str:
     return f"{a}/{b} ({100 * a / b:.0f} %)" if b else "n/a"
 
 
+def _reap(running: list[subprocess.Popen], failed: list[str]) -> list[subprocess.Popen]:
+    """Wait for one of ``running`` to end; the ones still running."""
+    import time
+
+    while True:
+        for proc in running:
+            if proc.poll() is not None:
+                if proc.returncode != 0:
+                    failed.append(proc.args[proc.args.index("--name") + 1])
+                return [p for p in running if p is not proc]
+        time.sleep(0.5)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default=None, help="comma-separated configuration names")
     p.add_argument("--reuse", action="store_true", help="keep results that already exist")
+    p.add_argument("--jobs", type=int, default=1, help="configurations run at once (default 1: clean timings)")
     args = p.parse_args()
     names = args.only.split(",") if args.only else list(CONFIGS)
-    for name in names:
-        out = RESULTS / f"protection_{name}.json"
-        if args.reuse and out.exists():
-            continue
-        cmd = [sys.executable, "-m", "benchmarks.protection", "--name", f"protection_{name}", *CONFIGS[name][2],
-               "--judges", ",".join(JUDGES)]
+    commands = [[sys.executable, "-m", "benchmarks.protection", "--name", f"protection_{name}", *CONFIGS[name][2],
+                 "--judges", ",".join(JUDGES)]
+                for name in names if not (args.reuse and (RESULTS / f"protection_{name}.json").exists())]
+    running: list[subprocess.Popen] = []
+    failed = []
+    for cmd in commands:  # up to --jobs at once: the seconds per photo then include the others' load
+        while len(running) >= args.jobs:
+            running = _reap(running, failed)
         print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        running.append(subprocess.Popen(cmd))
+    while running:
+        running = _reap(running, failed)
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
 
     rows, plot = [], []
     for name, (group, label, _) in CONFIGS.items():

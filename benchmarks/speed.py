@@ -30,11 +30,20 @@ def _photo(megapixels: float):
 
 
 def _time(fn, repeat: int = 5) -> float:
+    """Median wall time of ``fn`` after one warm-up call, waiting for the GPU's queue when there is one."""
+    import torch
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
     fn()
     times = []
     for _ in range(repeat):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -67,30 +76,49 @@ def run_one(megapixels: float, target_set: str, steps: int) -> dict:
     """One configuration, in this process: protect the scaled photo for exactly ``steps`` steps."""
     import torch
 
-    from ghostmesh_daemon.engine import settings_for
-    from ghostmesh_daemon.engine.optimize import Evaluator, plan_views, protect_image
-    from ghostmesh_daemon.engine.synthesis import clean_view
     from ghostmesh_daemon.faces import detect_faces
-    from ghostmesh_daemon.targets import create_target
     from ghostmesh_daemon.weights import load_lpips
 
-    torch.manual_seed(0)
-    targets = []
-    for name in target_set.split("+"):
-        if name == "siglip":  # full-size SigLIP-base config with random weights: real cost, no download
-            from transformers import SiglipVisionConfig, SiglipVisionModel
-
-            cfg = SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                                     image_size=384, patch_size=16)
-            targets.append(create_target("siglip", model=SiglipVisionModel(cfg)))
-        else:
-            targets.append(create_target(name))
+    targets = build_targets(target_set, "cpu")
     lpips, _ = load_lpips()
     rgb = _photo(megapixels)
     t0 = time.perf_counter()
     faces = detect_faces(rgb)
     detect_s = time.perf_counter() - t0
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    row = measure_steps(x, faces, targets, lpips, steps)
+    return {**row, "targets": target_set, "detect_seconds": round(detect_s, 2),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)}
+
+
+def build_targets(target_set: str, device) -> list:
+    """Targets by name joined with '+'; ``siglip`` is the full SigLIP-base config with random weights
+    (the real model's cost without a download)."""
+    import torch
+
+    from ghostmesh_daemon.targets import create_target
+
+    torch.manual_seed(0)
+    targets = []
+    for name in target_set.split("+"):
+        if name == "siglip":
+            from transformers import SiglipVisionConfig, SiglipVisionModel
+
+            cfg = SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                     image_size=384, patch_size=16)
+            targets.append(create_target("siglip", model=SiglipVisionModel(cfg), device=device))
+        else:
+            targets.append(create_target(name, device=device))
+    return targets
+
+
+def measure_steps(x, faces, targets, lpips, steps: int) -> dict:
+    """Protect ``x`` for exactly ``steps`` stealth steps and time each model's own forward+backward
+    on the same inputs (on whatever device ``x`` and the models are on)."""
+    from ghostmesh_daemon.engine import settings_for
+    from ghostmesh_daemon.engine.optimize import Evaluator, plan_views, protect_image
+    from ghostmesh_daemon.engine.synthesis import clean_view
+
     settings = settings_for("stealth", steps=steps, face_goal=99.0, image_goal=99.0)  # never stops early
     t0 = time.perf_counter()
     out = protect_image(x, faces, targets, lpips, settings)
@@ -99,14 +127,12 @@ def run_one(megapixels: float, target_set: str, steps: int) -> dict:
     whole, fg = plan_views(tuple(x.shape[-2:]), faces, settings, need_detail)
     ev = Evaluator([clean_view(x, g) for g in [whole, *fg]], [whole, *fg], faces, targets, lpips, settings)
     models = _models_time(ev, targets, lpips)
+    H, W = x.shape[-2:]
     return {
-        "megapixels": round(rgb.shape[0] * rgb.shape[1] / 1e6, 2), "size": [rgb.shape[1], rgb.shape[0]],
-        "targets": target_set, "faces": len(faces), "steps": out.steps, "step_seconds": round(out.step_seconds, 4),
-        "models_seconds": {k: round(v, 4) for k, v in models.items()},
-        "models_total": round(sum(models.values()), 4),
-        "overhead_ratio": round(out.step_seconds / sum(models.values()), 3),
-        "optimize_seconds": round(total, 2), "detect_seconds": round(detect_s, 2),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
+        "megapixels": round(H * W / 1e6, 2), "size": [W, H], "faces": len(faces), "steps": out.steps,
+        "step_seconds": round(out.step_seconds, 4), "models_seconds": {k: round(v, 4) for k, v in models.items()},
+        "models_total": round(sum(models.values()), 4), "overhead_ratio": round(out.step_seconds / sum(models.values()), 3),
+        "optimize_seconds": round(total, 2),
     }
 
 
