@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import platformdirs
 
-from .engine.settings import PRESETS, EngineSettings, settings_for
+from .engine.settings import PRESETS, EngineSettings, parse_target_weights, settings_for
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -85,6 +85,10 @@ def _targets(v: Any) -> tuple[str, ...]:
     if not names:
         raise ValueError("expected at least one target name (or [\"auto\"])")
     return names
+
+
+def _target_weights(v: Any) -> tuple[tuple[str, float], ...]:
+    return parse_target_weights(_string_list(v))
 
 
 def _device(v: Any) -> str:
@@ -168,6 +172,9 @@ KEYS: tuple[Key, ...] = (
         "Encoders to protect against: [\"auto\"] = every model that is available (held-out judges such\n"
         "as mobilefacenet only when named), or names such as [\"siglip\", \"face\"] (see `ghostmesh models`).",
         _targets),
+    Key("engine", "target_weights", [],
+        "Weight of each target in the ensemble, e.g. [\"mobileface=0.5\"] (unnamed targets weigh 1; 0 = measured, not pushed).",
+        _target_weights),
     Key("engine", "mode", "tanh", "How the noise is bounded: \"tanh\" or \"pgd\".", _choice("tanh", "pgd")),
     Key("engine", "steps", None, "Optimizer steps per photo (default: the preset's, 120 for stealth).",
         _number(1, 100000, integer=True), example=120),

@@ -69,7 +69,7 @@ def load_targets(settings: EngineSettings, device: torch.device, warn: Callable[
     auto = list(names) == ["auto"]
     if auto:
         names = list_targets(auto=True)
-    unknown = [n for n in names if n not in list_targets()]
+    unknown = [n for n in [*names, *dict(settings.target_weights)] if n not in list_targets()]
     if unknown:
         raise GhostMeshError(f"unknown target(s) {', '.join(unknown)} (known: {', '.join(list_targets())}, or auto)")
     targets, warnings = [], []

@@ -126,6 +126,7 @@ def test_in_place_replaces_the_export_keeping_exif(photos):
     (["protect", "x.jpg", "--steps", "0"], "at least 1"),
     (["protect", "x.jpg", "--noise-limit", "2"], "between 0 and 1"),
     (["protect", "x.jpg", "--out-dir", "/nonexistent/dir"], "not an existing folder"),
+    (["protect", "x.jpg", "--target-weights", "face"], "NAME=WEIGHT"),
     (["frobnicate"], "invalid choice"),
     ([], "a command is needed"),
 ])
@@ -138,6 +139,11 @@ def test_bad_usage_exits_2(argv, needle):
 def test_unknown_target_is_usage_error(photos):
     code, _, err = run_cli("protect", str(photos / "sky.jpg"), "--targets", "nope")
     assert code in (ExitStatus.ERROR, ExitStatus.USAGE) and "unknown target" in err
+
+
+def test_a_weight_for_an_unknown_target_is_refused(photos):
+    code, _, err = run_cli("protect", str(photos / "sky.jpg"), "--target-weights", "nope=1")
+    assert code in (ExitStatus.ERROR, ExitStatus.USAGE) and "unknown target" in err and "nope" in err
 
 
 def test_named_missing_model_is_an_error_naming_it(photos, monkeypatch, tmp_path):

@@ -85,6 +85,8 @@ def test_engine_keys_map_to_engine_settings_with_the_preset_underneath():
         ({"tray": {"enabled": "yes"}}, "tray.enabled", "true or false"),
         ({"log": {"level": "loud"}}, "log.level", "'debug'"),
         ({"retry": {"max_attempts": 0}}, "retry.max_attempts", "at least 1"),
+        ({"engine": {"target_weights": ["mobileface"]}}, "engine.target_weights", "NAME=WEIGHT"),
+        ({"engine": {"target_weights": ["face=-1"]}}, "engine.target_weights", ">= 0"),
         ({"colours": {}}, "colours", "unknown section"),
         ({"watch": [{"poll": True}]}, "watch[1].path", "missing"),
         ({"watch": [{"path": "/x", "pol": True}]}, "watch[1].pol", "unknown key"),

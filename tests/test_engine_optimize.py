@@ -154,3 +154,16 @@ def test_jpeg_aware_protection_keeps_the_budget_in_the_written_file(face_target,
     assert written_blind.face_lpips[0] > s.face_lpips_budget
     assert written_aware.face_lpips[0] <= s.face_lpips_budget
     assert written_aware.targets["face"].protected == [True]
+
+
+def test_target_weights_scale_each_identity_term(small_face, face_target, lpips_model):
+    """An ensemble weight of 0 leaves a target measured but unpushed; a larger weight pushes harder."""
+    x, faces = small_face
+    runs = {w: protect_image(x, faces, [face_target], lpips_model,
+                             settings_for("stealth", steps=6, target_weights=(("face", w),)))
+            for w in (0.0, 1.0)}
+    assert runs[0.0].targets["face"].distance_after[0] < 0.02  # only the vertical-flow penalty acted
+    assert runs[1.0].targets["face"].distance_after[0] > 5 * max(runs[0.0].targets["face"].distance_after[0], 0.01)
+    assert settings_for("stealth", target_weights=(("face", 2.0),)).to_dict()["target_weights"] == {"face": 2.0}
+    with pytest.raises(ValueError):
+        settings_for("stealth", target_weights=(("face", -1.0),))

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping
 
-from ..engine.settings import PRESETS, EngineSettings, settings_for
+from ..engine.settings import PRESETS, EngineSettings, parse_target_weights, settings_for
 from ..errors import UsageError
 
 #: EngineSettings fields that have a command-line option (dest names match the field names).
 ENGINE_OPTION_FIELDS = (
     "targets",
+    "target_weights",
     "mode",
     "preset",
     "steps",
@@ -34,6 +35,13 @@ def _targets(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError("expected a comma-separated list of target names, e.g. siglip,face")
     return names
+
+
+def _target_weights(text: str) -> tuple[tuple[str, float], ...]:
+    try:
+        return parse_target_weights([t.strip() for t in text.split(",") if t.strip()])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -67,6 +75,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """Add the engine options (all defaulting to ``None``: "keep the preset's or the file's value")."""
     g = parser.add_argument_group("engine options")
     g.add_argument("--targets", type=_targets, metavar="A,B", help="encoders to protect against (default: auto)")
+    g.add_argument("--target-weights", type=_target_weights, metavar="A=W,B=W",
+                   help="weight of each target in the ensemble (default: 1 each), e.g. mobileface=0.5")
     g.add_argument("--mode", choices=("tanh", "pgd"), help="how the noise is bounded (default: tanh)")
     g.add_argument("--preset", choices=tuple(PRESETS), help="stealth (default) or panic (stronger, more visible)")
     g.add_argument("--steps", type=_positive_int, metavar="N", help="optimizer steps (default: the preset's)")

@@ -262,8 +262,8 @@ def protect_image(
         done = judged if judged is not None else m
         # Only terms that can move enter the loss: a row past its goal or an LPIPS under its budget
         # has zero gradient, and leaving it out spares its model's backward pass.
-        terms = [identity_term(m["targets"][t.name][0], done["targets"][t.name][2]) * settings.identity_weight
-                 for t in active if not bool(done["targets"][t.name][2].all())]
+        terms = [identity_term(m["targets"][t.name][0], done["targets"][t.name][2]) * (settings.identity_weight * settings.weight_of(t.name))
+                 for t in active if not bool(done["targets"][t.name][2].all()) and settings.weight_of(t.name) > 0]
         terms += [settings.lpips_weight * hinge(v, b - e) for v, f, b, e in zip([lp_whole, *lp_faces], lp_float, budgets, excess)
                   if f > b - e]
         loss = sum(terms, torch.zeros((), device=x.device))

@@ -3,6 +3,7 @@ all end up here, so every limit a report states comes from one place."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -20,6 +21,9 @@ class EngineSettings:
     """
 
     targets: tuple[str, ...] = ("auto",)
+    #: Weight of each target's identity term in the ensemble, as (name, weight) pairs; unnamed
+    #: targets weigh 1. A weight of 0 keeps a target measured and reported but not pushed.
+    target_weights: tuple[tuple[str, float], ...] = ()
     mode: Mode = "tanh"
     preset: Preset = "stealth"
     steps: int = 120
@@ -54,6 +58,14 @@ class EngineSettings:
     #: Hugging Face id or local folder of the SigLIP vision model.
     siglip_model: str = "google/siglip-base-patch16-384"
 
+    def __post_init__(self) -> None:
+        for name, weight in self.target_weights:
+            if not (isinstance(weight, (int, float)) and weight >= 0 and math.isfinite(weight)):
+                raise ValueError(f"target weight for {name!r} must be a number >= 0, got {weight!r}")
+
+    def weight_of(self, target: str) -> float:
+        return dict(self.target_weights).get(target, 1.0)
+
     def limits(self) -> dict[str, float]:
         return {
             "noise_limit": self.noise_limit,
@@ -65,6 +77,7 @@ class EngineSettings:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["targets"] = list(self.targets)
+        d["target_weights"] = dict(self.target_weights)
         return d
 
 
@@ -76,6 +89,21 @@ PRESETS: dict[str, dict] = {
     "stealth": {"flow_limit": 0.01, "vertical_weight": 30.0, "steps": 120, "face_lpips_size": 512},
     "panic": {"flow_limit": 0.03, "vertical_weight": 0.0, "steps": 200, "face_lpips_size": 256},
 }
+
+
+def parse_target_weights(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    """``["mobileface=0.5", "face=2"]`` -> ``(("mobileface", 0.5), ("face", 2.0))``; raises ValueError."""
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not sep or not name.strip() or not (weight >= 0 and math.isfinite(weight)):
+            raise ValueError(f"expected NAME=WEIGHT with a weight >= 0 (e.g. mobileface=0.5), got {item!r}")
+        pairs.append((name.strip(), weight))
+    return tuple(pairs)
 
 
 def settings_for(preset: Preset = "stealth", **overrides) -> EngineSettings:
