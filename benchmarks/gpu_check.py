@@ -323,27 +323,39 @@ def run(bundle: Path, out: Path, steps: int, device: str = "cuda", quick: bool =
     (out / "gpu.json").write_text(json.dumps(data, indent=2) + "\n")  # kept even if the timings run out of time
     if skip_timings:
         return 0 if all(c["ok"] for c in checks) else 1
-    data.update(timings(bundle, detections, steps, device, quick))
+    data.update(timings(bundle, detections, steps, device, quick), step_count=steps)
     (out / "gpu.json").write_text(json.dumps(data, indent=2) + "\n")
-    md = [f"# GPU check", "", f"Machine: {data['machine']}. Revision {data['revision']}. "
+    md = markdown(data)
+    (out / "gpu.md").write_text(md)
+    print(md)
+    return 0 if all(c["ok"] for c in checks) else 1
+
+
+def markdown(data: dict) -> str:
+    """The report of one ``gpu.json`` (sections it lacks are left out)."""
+    from benchmarks.common import md_table
+
+    md = ["# GPU check", "", f"Machine: {data['machine']}. Revision {data['revision']}. "
           f"cuDNN TF32 convolutions: {data['tf32_convolutions']} (torch's default).", "",
           "## CUDA against CPU (same inputs, same process)", "",
-          md_table(["check", "gap", "tolerance", "ok"], [[c["check"], f"{c['gap']:.2e}", f"{c['tolerance']:.0e}", c["ok"]] for c in checks]),
-          "", f"## Per step ({steps} steps, early stop off; obama.jpg scaled; ratio = step / models' own forward+backward)", "",
-          md_table(["MP", "targets", "s/step", "models s", "ratio", "peak GPU GB"],
-                   [[r["megapixels"], r["targets"], r["step_seconds"], r["models_total"], r["overhead_ratio"], r["peak_gpu_gb"]]
-                    for r in data["steps"]]),
-          "", "## Per photo (../shared/data/faces; written as JPEG with the original's tables, then measured)", "",
-          "protected: every face past its goal in the engine's own measure of the written file; within budget: "
-          "face LPIPS <= 0.03 (at the preset's face size) and photo LPIPS <= 0.05 on the written file.", "",
-          md_table(["preset", "targets", "sees the JPEG", "LPIPS margin", "photos", "protected", "within budget", "median face LPIPS written",
-                    "median s", "max s", "median steps"],
-                   [[s["preset"], s["targets"], s["jpeg_aware"], s["lpips_margin"], s["photos"], s["protected"], s["within_budget"],
-                     s["median_face_lpips_written"], s["median_seconds"], s["max_seconds"], s["median_steps"]]
-                    for s in data["per_preset"]])]
-    (out / "gpu.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-    return 0 if all(c["ok"] for c in checks) else 1
+          md_table(["check", "gap", "tolerance", "ok"],
+                   [[c["check"], f"{c['gap']:.2e}", f"{c['tolerance']:.0e}", c["ok"]] for c in data["checks"]])]
+    if data.get("steps"):
+        md += ["", f"## Per step ({data.get('step_count', 20)} steps, early stop off; obama.jpg scaled; "
+               "ratio = step / models' own forward+backward)", "",
+               md_table(["MP", "targets", "s/step", "models s", "ratio", "peak GPU GB"],
+                        [[r["megapixels"], r["targets"], r["step_seconds"], r["models_total"], r["overhead_ratio"], r["peak_gpu_gb"]]
+                         for r in data["steps"]])]
+    if data.get("per_preset"):
+        md += ["", "## Per photo (../shared/data/faces; written as JPEG with the original's tables, then measured)", "",
+               "protected: every face past its goal in the engine's own measure of the written file; within budget: "
+               "face LPIPS <= 0.03 (at the preset's face size) and photo LPIPS <= 0.05 on the written file.", "",
+               md_table(["preset", "targets", "sees the JPEG", "LPIPS margin", "photos", "protected", "within budget",
+                         "median face LPIPS written", "median s", "max s", "median steps"],
+                        [[s["preset"], s["targets"], s["jpeg_aware"], s["lpips_margin"], s["photos"], s["protected"], s["within_budget"],
+                          s["median_face_lpips_written"], s["median_seconds"], s["max_seconds"], s["median_steps"]]
+                         for s in data["per_preset"]])]
+    return "\n".join(md) + "\n"
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Runs ``benchmarks.protection`` once per configuration (each in its own process, results in
 ``benchmarks/results/protection_<name>.json``), then writes one table and one plot. Every configuration is
-judged by every embedder of ``benchmarks.protection.JUDGES`` (mobileface, mobilefacenet): held out where it
+judged by every embedder of ``benchmarks.protection.JUDGES`` (mobileface): held out where it
 is not a target, marked "(target)" where it is.
 
     python -m benchmarks.robustness [--only NAME,...] [--reuse]
@@ -15,8 +15,9 @@ import json
 import subprocess
 import sys
 
-from benchmarks.common import RESULTS, git_rev, machine, md_table, write_results
+from benchmarks.common import RESULTS, git_rev, md_table, write_results
 from benchmarks.protection import JUDGES
+from ghostmesh_daemon.targets import list_targets
 
 #: How the table and plot name each judge.
 JUDGE_LABELS = {"mobileface": "MobileFace", "mobilefacenet": "MobileFaceNet"}
@@ -26,7 +27,6 @@ CONFIGS: dict[str, tuple[str, str, list[str]]] = {
     "auto": ("default", "defaults: targets auto (face + mobileface), stealth, face LPIPS at 512 px", ["--targets", "auto"]),
     "face": ("default", "stealth, target face only, face LPIPS at 512 px", ["--targets", "face"]),
     "mobileface": ("transfer", "target mobileface (256 px)", ["--targets", "mobileface", "--face-lpips-size", "256"]),
-    "ensemble": ("transfer", "targets face + mobileface (256 px)", ["--targets", "face,mobileface", "--face-lpips-size", "256"]),
     "noise_only": ("ablation", "noise only (256 px)", ["--targets", "face", "--flow-limit", "0.000001", "--face-lpips-size", "256"]),
     "flow_only": ("ablation", "flow only (256 px)", ["--targets", "face", "--noise-limit", "0.000001", "--face-lpips-size", "256"]),
     "both": ("ablation", "noise + flow (256 px)", ["--targets", "face", "--face-lpips-size", "256"]),
@@ -46,6 +46,54 @@ CONFIGS: dict[str, tuple[str, str, list[str]]] = {
 
 def _rate(a: int, b: int) -> str:
     return f"{a}/{b} ({100 * a / b:.0f} %)" if b else "n/a"
+
+
+def _rates(data: dict) -> tuple[float, float | None]:
+    """(dlib, MobileFace) share of pairs no longer matched after JPEG 75 + 1080 px, in %."""
+    s = data["summary"]
+    mf = 100 * s["mobileface_protected_upload"] / s["mobileface_pairs"] if s.get("mobileface_pairs") else None
+    return 100 * s["protected_upload"] / max(1, s["pairs"]), mf
+
+
+def _plot(records: list[tuple[str, str, str, dict]]) -> None:
+    """Three panels: rate vs face LPIPS budget and vs steps, per preset (target face only; dlib
+    solid, held-out MobileFace dashed), and the ablation/transfer configurations as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    face_only = [(n, d) for n, g, _, d in records if d["settings"]["targets"] == ["face"] and g in ("default", "preset", "budget", "steps")]
+    for preset, colour in (("stealth", "tab:blue"), ("panic", "tab:red")):
+        runs = [(n, d) for n, d in face_only if d["settings"]["preset"] == preset]
+        for ax, key, pick in ((axes[0], "face_lpips_budget", lambda n: "steps" not in n),
+                              (axes[1], "steps", lambda n: "budget" not in n)):
+            pts = sorted((d["settings"][key], *_rates(d)) for n, d in runs if pick(n))
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ax.plot(xs, [p[1] for p in pts], "o-", color=colour, label=f"{preset}: dlib")
+            ax.plot(xs, [p[2] for p in pts], "x--", color=colour, label=f"{preset}: MobileFace (held out)")
+    axes[0].set_xlabel("face LPIPS budget")
+    axes[1].set_xlabel("most steps allowed")
+    axes[1].set_xscale("log")
+    for ax in axes[:2]:
+        ax.set_ylabel("% pairs no longer matched (JPEG 75 + 1080 px)")
+        ax.set_ylim(-5, 105)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    bars = [(name, *_rates(d)) for name, g, _, d in records if g in ("ablation", "transfer", "default")]
+    ys = range(len(bars))
+    axes[2].barh([y + 0.2 for y in ys], [b[1] for b in bars], height=0.4, label="dlib")
+    axes[2].barh([y - 0.2 for y in ys], [b[2] or 0 for b in bars], height=0.4, label="MobileFace")
+    axes[2].set_yticks(list(ys), [b[0] for b in bars], fontsize=8)
+    axes[2].set_xlabel("% pairs no longer matched (JPEG 75 + 1080 px)")
+    axes[2].legend(fontsize=7)
+    axes[2].set_title("configurations (robustness.md); MobileFace is a target in auto*, mobileface", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "robustness.png", dpi=100)
+    plt.close(fig)
 
 
 def _reap(running: list[subprocess.Popen], failed: list[str]) -> list[subprocess.Popen]:
@@ -83,53 +131,39 @@ def main() -> None:
     if failed:
         raise SystemExit(f"failed: {', '.join(failed)}")
 
-    rows, plot = [], []
+    rows, records, sources = [], [], []
     for name, (group, label, _) in CONFIGS.items():
         path = RESULTS / f"protection_{name}.json"
         if not path.exists():
             continue
         data = json.loads(path.read_text())
+        sources.append(data)
+        records.append((name, group, label, data))
         s, targets = data["summary"], data.get("settings", {}).get("targets", [])
+        if "auto" in targets:
+            targets = [*targets, *list_targets(auto=True)]
         judged = []
         for judge in JUDGES:  # files written before a judge existed (or with it skipped) show n/a
             cell = _rate(s.get(f"{judge}_protected_upload", 0), s.get(f"{judge}_pairs", 0))
             judged.append(f"{cell} (target)" if judge in targets and s.get(f"{judge}_pairs") else cell)
         rows.append([group, label, _rate(s["protected_saved"], s["pairs"]), _rate(s["protected_upload"], s["pairs"]),
                      *judged, s["median_lpips"], s["median_face_lpips"], s["max_face_lpips"], s["median_steps"],
-                     s["median_seconds"]])
-        plot.append((label, s["median_face_lpips"], s["protected_upload"] / max(1, s["pairs"]),
-                     {j: s[f"{j}_protected_upload"] / s[f"{j}_pairs"] for j in JUDGES if s.get(f"{j}_pairs")}))
-    md = ["# Protection across settings", "", f"Machine: {machine()}. Revision {git_rev()}.",
+                     s["median_seconds"], data.get("revision", "?")])
+    # The table names the machines and engine revisions its rows were measured on (a row can come
+    # from another machine, e.g. a lent GPU, than the one that assembles the table).
+    origins = sorted({f"{d['machine']} (revision {d['revision']})" for d in sources})
+    md = ["# Protection across settings", "", "Measured on: " + "; ".join(origins) + ".",
           "Pairs: each protected photo vs every other photo of the same person in ../shared/data/faces (and the "
-          "known people in _mixed). dlib: its own pipeline (HOG + 5-point + 0.6). MobileFace, MobileFaceNet: judges "
-          "held out unless marked (target); each counts the pairs it matched before protection, with its own cosine "
-          "distance threshold (each results file gives it, and the judge's AUC on the reference pairs). "
-          "MobileFaceNet as shipped barely separates people (AUC 0.66, 0.5 = chance): its column says little.", "",
+          "known people in _mixed). dlib: its own pipeline (HOG + 5-point + 0.6). MobileFace: a judge held out unless "
+          "marked (target); it counts the pairs it matched before protection, with its own cosine distance threshold "
+          "(each results file gives it, and the judge's AUC on the reference pairs). s/photo includes reading, "
+          "detection, writing and the report's own dlib check; with --jobs N it also includes the other jobs' load.", "",
           md_table(["group", "configuration", "dlib: protected as written", "dlib: after JPEG 75 + 1080 px",
                     *(f"{JUDGE_LABELS.get(j, j)}: after JPEG 75 + 1080 px" for j in JUDGES),
-                    "LPIPS median", "face LPIPS median", "face LPIPS max", "steps median", "s/photo median"], rows)]
-    write_results("robustness", {"machine": machine(), "revision": git_rev(), "rows": rows}, "\n".join(md))
-    if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 5))
-        markers = dict(zip(JUDGES, ("x", "+", "^", "s")))
-        for label, lp, dlib_rate, judge_rates in plot:
-            ax.scatter(lp, 100 * dlib_rate, marker="o")
-            for judge, rate in judge_rates.items():
-                ax.scatter(lp, 100 * rate, marker=markers[judge])
-            ax.annotate(label, (lp, 100 * dlib_rate), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("median face-crop LPIPS (lower = less visible)")
-        ax.set_ylabel("% same-person pairs no longer matched after JPEG 75 + 1080 px")
-        ax.set_title("o: dlib (white-box target or transfer)   "
-                     + "   ".join(f"{markers[j]}: {JUDGE_LABELS.get(j, j)}" for j in JUDGES) + " (held out unless a target)",
-                     fontsize=9)
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(RESULTS / "robustness.png", dpi=110)
+                    "LPIPS median", "face LPIPS median", "face LPIPS max", "steps median", "s/photo median", "revision"], rows)]
+    write_results("robustness", {"measured_on": origins, "assembled_at": git_rev(), "rows": rows}, "\n".join(md))
+    if records:
+        _plot(records)
     print("\n".join(md))
 
 
