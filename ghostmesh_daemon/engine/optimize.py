@@ -56,9 +56,10 @@ class Outcome:
     max_delta: float
     max_flow_px: float
     seconds: float
-    step_seconds: float
+    step_seconds: float  # median step
     stopped_early: bool
     interrupted: bool = False
+    step_seconds_mean: float = 0.0  # what a step costs on average (some steps measure more than others)
     history: list[dict] = field(default_factory=list)
 
 
@@ -308,6 +309,7 @@ def protect_image(
         max_flow_px=applied["max_flow_px"],
         seconds=time.perf_counter() - started,
         step_seconds=(sorted(step_times)[len(step_times) // 2] if step_times else 0.0),
+        step_seconds_mean=(sum(step_times) / len(step_times) if step_times else 0.0),
         stopped_early=stopped_early,
         interrupted=interrupted,
         history=history,
