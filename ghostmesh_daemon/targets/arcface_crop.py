@@ -10,12 +10,16 @@ embeddings; each model's module only supplies the network, its input convention 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
 from ..engine.geometry import affine_patch
 from ..engine.scene import FaceView, Scene
+from ..weights_mobileface import ENV_VAR, locate
 from .base import Target, no_rows
+from .tfjs_graph import TfjsGraph, load_graph_model
 
 CROP_SIZE = 112
 
@@ -108,3 +112,36 @@ class ArcFaceCropTarget(Target):
         if not scene.faces:
             return no_rows(scene.whole, self.embedding_dim)
         return self.net(self.crops(scene))
+
+
+class TfjsCropNet(nn.Module):
+    """A TF.js face graph behind a torch interface: (N, 3, 112, 112) RGB in [0, 1] -> (N, D).
+
+    Subclasses say how their graph wants the pixels (:meth:`graph_input`: range, channel order, NHWC).
+    """
+
+    def __init__(self, graph: TfjsGraph) -> None:
+        super().__init__()
+        self.graph = graph
+
+    @classmethod
+    def from_file(cls, json_path: str | Path) -> "TfjsCropNet":
+        """Load the graph's ``.json`` and its ``.bin`` (the only place these modules touch files)."""
+        return cls(TfjsGraph(load_graph_model(json_path)))
+
+    def graph_input(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1:] != (3, CROP_SIZE, CROP_SIZE):
+            raise ValueError(f"expected (N, 3, {CROP_SIZE}, {CROP_SIZE}) RGB in [0, 1], got {tuple(x.shape)}")
+        return self.graph(self.graph_input(x))
+
+
+def load_crop_target(target_cls: type[ArcFaceCropTarget], net_cls: type[TfjsCropNet], model: str,
+                     device: torch.device | str, goal: float | None, weights_dir: str | Path | None) -> ArcFaceCropTarget:
+    """``target_cls`` around ``net_cls`` loaded from human-models' ``model`` files; ``weights_dir`` overrides
+    the lookup (else ``$GHOSTMESH_MOBILEFACE_DIR``, install dir, user dir). Raises
+    :class:`~ghostmesh_daemon.errors.ModelUnavailable` naming the npm command when the files are missing."""
+    env = {ENV_VAR: str(weights_dir)} if weights_dir is not None else None
+    return target_cls(net_cls.from_file(locate(env, model=model).json_path), goal).to(device).eval()

@@ -30,13 +30,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..weights_mobileface import NPM_PACKAGE, NPM_VERSION, locate
-from .arcface_crop import ARCFACE_EYES, CROP_SIZE, ArcFaceCropTarget, crop_to_image, crop_to_view, eye_centres, sample_crop
+from ..weights_mobileface import NPM_PACKAGE, NPM_VERSION
+from .arcface_crop import (ARCFACE_EYES, CROP_SIZE, ArcFaceCropTarget, TfjsCropNet, crop_to_image, crop_to_view,
+                           eye_centres, load_crop_target, sample_crop)
 from .base import TargetInfo
 from .registry import register_target
-from .tfjs_graph import TfjsGraph, load_graph_model
 
 __all__ = [
     "ARCFACE_EYES", "CROP_SIZE", "EMBEDDING_DIM", "MobileFaceNet", "MobileFaceTarget",
@@ -46,26 +46,15 @@ __all__ = [
 EMBEDDING_DIM = 256
 
 
-class MobileFaceNet(nn.Module):
+class MobileFaceNet(TfjsCropNet):
     """The MobileFace graph behind a torch-style interface: (N, 3, 112, 112) RGB in [0, 1] -> (N, 256).
 
     Pixels are scaled to 0..255 and laid out NHWC, as the TF.js graph expects; its first ops subtract
     127.5 and multiply by 1/128.
     """
 
-    def __init__(self, graph: TfjsGraph) -> None:
-        super().__init__()
-        self.graph = graph
-
-    @classmethod
-    def from_file(cls, json_path: str | Path) -> "MobileFaceNet":
-        """Load ``mobileface.json`` and its ``.bin`` (the only place this module touches files)."""
-        return cls(TfjsGraph(load_graph_model(json_path)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1:] != (3, CROP_SIZE, CROP_SIZE):
-            raise ValueError(f"expected (N, 3, {CROP_SIZE}, {CROP_SIZE}) RGB in [0, 1], got {tuple(x.shape)}")
-        return self.graph((x * 255.0).permute(0, 2, 3, 1))
+    def graph_input(self, x: Tensor) -> Tensor:
+        return (x * 255.0).permute(0, 2, 3, 1)
 
 
 class MobileFaceTarget(ArcFaceCropTarget):
@@ -92,10 +81,5 @@ class MobileFaceTarget(ArcFaceCropTarget):
 def create_mobileface_target(
     device: torch.device | str = "cpu", goal: float | None = None, weights_dir: str | Path | None = None, **_: object
 ) -> MobileFaceTarget:
-    """Build the target; ``weights_dir`` overrides the lookup (else ``$GHOSTMESH_MOBILEFACE_DIR``, install dir, user dir).
-
-    Raises :class:`~ghostmesh_daemon.errors.ModelUnavailable` naming the npm command when the files are missing.
-    """
-    env = {"GHOSTMESH_MOBILEFACE_DIR": str(weights_dir)} if weights_dir is not None else None
-    json_path = locate(env).json_path
-    return MobileFaceTarget(MobileFaceNet.from_file(json_path), goal).to(device).eval()
+    """Build the target (see :func:`~.arcface_crop.load_crop_target` for where the weights come from)."""
+    return load_crop_target(MobileFaceTarget, MobileFaceNet, "mobileface", device, goal, weights_dir)

@@ -42,38 +42,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..weights_mobileface import ENV_VAR, NPM_PACKAGE, NPM_VERSION, locate
-from .arcface_crop import CROP_SIZE, ArcFaceCropTarget
+from ..weights_mobileface import NPM_PACKAGE, NPM_VERSION
+from .arcface_crop import CROP_SIZE, ArcFaceCropTarget, TfjsCropNet, load_crop_target
 from .base import TargetInfo
 from .registry import register_target
-from .tfjs_graph import TfjsGraph, load_graph_model
 
 EMBEDDING_DIM = 192
 
 
-class SiriusMobileFaceNet(nn.Module):
+class SiriusMobileFaceNet(TfjsCropNet):
     """The MobileFaceNet graph behind a torch-style interface: (N, 3, 112, 112) RGB in [0, 1] -> (N, 192), unit norm.
 
     Channels are reversed to BGR, pixels mapped to ``(255 x - 127.5) / 128`` and laid out NHWC, as
     Sirius-AI's training fed them (see the module docstring for how this was chosen).
     """
 
-    def __init__(self, graph: TfjsGraph) -> None:
-        super().__init__()
-        self.graph = graph
-
-    @classmethod
-    def from_file(cls, json_path: str | Path) -> "SiriusMobileFaceNet":
-        """Load ``mobilefacenet.json`` and its ``.bin`` (the only place this module touches files)."""
-        return cls(TfjsGraph(load_graph_model(json_path)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1:] != (3, CROP_SIZE, CROP_SIZE):
-            raise ValueError(f"expected (N, 3, {CROP_SIZE}, {CROP_SIZE}) RGB in [0, 1], got {tuple(x.shape)}")
-        bgr = x.flip(1)
-        return self.graph(((bgr * 255.0 - 127.5) / 128.0).permute(0, 2, 3, 1))
+    def graph_input(self, x: Tensor) -> Tensor:
+        return ((x.flip(1) * 255.0 - 127.5) / 128.0).permute(0, 2, 3, 1)
 
 
 class MobileFaceNetTarget(ArcFaceCropTarget):
@@ -102,11 +89,6 @@ class MobileFaceNetTarget(ArcFaceCropTarget):
 def create_mobilefacenet_target(
     device: torch.device | str = "cpu", goal: float | None = None, weights_dir: str | Path | None = None, **_: object
 ) -> MobileFaceNetTarget:
-    """Build the target; ``weights_dir`` overrides the lookup (else ``$GHOSTMESH_MOBILEFACE_DIR``, install dir, user dir).
-
-    Never part of ``--targets auto`` (a held-out judge). Raises
-    :class:`~ghostmesh_daemon.errors.ModelUnavailable` naming the npm command when the files are missing.
-    """
-    env = {ENV_VAR: str(weights_dir)} if weights_dir is not None else None
-    json_path = locate(env, model="mobilefacenet").json_path
-    return MobileFaceNetTarget(SiriusMobileFaceNet.from_file(json_path), goal).to(device).eval()
+    """Build the target (see :func:`~.arcface_crop.load_crop_target`); never part of ``--targets auto``
+    (a held-out judge)."""
+    return load_crop_target(MobileFaceNetTarget, SiriusMobileFaceNet, "mobilefacenet", device, goal, weights_dir)
