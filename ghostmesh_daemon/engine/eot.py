@@ -54,11 +54,6 @@ def soft_round(x: Tensor) -> Tensor:
     return r + (x - r) ** 3
 
 
-def straight_through_round(x: Tensor) -> Tensor:
-    """Exact rounding whose gradient is the identity (a straight-through estimator)."""
-    return x + (torch.round(x) - x).detach()
-
-
 def _blocks_quantize(plane: Tensor, table: Tensor, m: Tensor, rounding=soft_round) -> Tensor:
     """Quantize one (N, 1, H, W) plane (H, W multiples of 8) in 8x8 DCT blocks, values in 0..255 - 128."""
     n, _, h, w = plane.shape
@@ -111,13 +106,12 @@ def jpeg_round_trip(x: Tensor, codec: JpegCodec, origin: tuple[int, int] = (0, 0
 
     ``origin`` is the (y, x) of ``x``'s top-left pixel in the photo the encoder will see, so that the
     8x8 blocks (and the chroma cells) fall where the encoder's will; the part of a block outside ``x``
-    is filled by replicating its edge. ``exact`` rounds exactly and passes gradients straight
-    through: the soft rounding's gradient vanishes on integers and peaks between them, so it is
-    blocky in pixel space, and an optimizer following it builds block artifacts that the LPIPS
-    budget then forbids (on a face that left no feasible step in 120). For random upload draws the
-    soft rounding is fine: there it is averaged over qualities and shifts.
+    is filled by replicating its edge. ``exact`` rounds exactly (no useful gradient): for measuring
+    what a file will hold, as the optimizer does with the photo's own codec; it never follows a
+    gradient through that rounding, which led it into block artifacts. Random upload draws use the
+    soft rounding, whose gradient is averaged over qualities and shifts.
     """
-    rounding = straight_through_round if exact else soft_round
+    rounding = torch.round if exact else soft_round
     check_image(x)
     _, _, h, w = x.shape
     sv, sh = codec.subsampling

@@ -201,6 +201,7 @@ def protect_image(
     clean_views = [clean_view(x, g) for g in geometries]
     ev = Evaluator(clean_views, geometries, faces, targets, lpips, settings, goal_margin=settings.goal_margin)
     active = [t for t in targets if ev.references[t.name].shape[0] > 0]
+    weights = {t.name: settings.weight_of(t.name) for t in active}
 
     generator = torch.Generator().manual_seed(settings.seed)
     params = list(pert.parameters())
@@ -233,8 +234,8 @@ def protect_image(
         lp_whole, lp_faces = m["lpips"], m["face_lpips"]
         lp_float = [float(lp_whole.detach()), *(float(v.detach()) for v in lp_faces)]
         # Steer by the float pixels, judge by the file: gradients through JPEG's rounding point the
-        # wrong way (following them, a face's LPIPS rose while its weight grew), so the written
-        # version is only measured, and each LPIPS hinge's budget is lowered by what the JPEG adds.
+        # wrong way (following them, a face's LPIPS rose step after step), so the written version
+        # is only measured, and each LPIPS hinge's budget is lowered by what the JPEG adds.
         # Measuring it costs ~40 % of a step; what the JPEG adds changes slowly, so it is measured
         # every JUDGE_EVERY steps and whenever the float pixels say the run could stop.
         judged = m
@@ -263,8 +264,8 @@ def protect_image(
         done = judged if judged is not None else m
         # Only terms that can move enter the loss: a row past its goal or an LPIPS under its budget
         # has zero gradient, and leaving it out spares its model's backward pass.
-        terms = [identity_term(m["targets"][t.name][0], done["targets"][t.name][2]) * (settings.identity_weight * settings.weight_of(t.name))
-                 for t in active if not bool(done["targets"][t.name][2].all()) and settings.weight_of(t.name) > 0]
+        terms = [identity_term(m["targets"][t.name][0], done["targets"][t.name][2]) * (settings.identity_weight * weights[t.name])
+                 for t in active if not bool(done["targets"][t.name][2].all()) and weights[t.name] > 0]
         terms += [settings.lpips_weight * hinge(v, b - e) for v, f, b, e in zip([lp_whole, *lp_faces], lp_float, budgets, excess)
                   if f > b - e]
         loss = sum(terms, torch.zeros((), device=x.device))
