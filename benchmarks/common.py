@@ -78,3 +78,17 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def jpeg_encoding_of(path: Path):
+    """A JPEG's own quantization tables and Pillow subsampling code, and the engine's model of that
+    encoder (what the pipeline gets from ``Photo.jpeg_encoding``, without the photo reader's packages)."""
+    from PIL import Image, JpegImagePlugin
+
+    from ghostmesh_daemon.engine.eot import JpegCodec
+
+    with Image.open(path) as im:
+        tables = [list(v) for _, v in sorted(im.quantization.items())]
+        sub = JpegImagePlugin.get_sampling(im)
+    sub = 2 if sub < 0 else sub
+    return tables, sub, JpegCodec.from_pillow(tables, 95, sub)

@@ -206,19 +206,6 @@ def _embeddings_without_tf32(targets, x, faces, settings) -> dict:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _original_codec(path: Path):
-    """The original JPEG's tables and Pillow subsampling code, and the codec the engine models them by."""
-    from PIL import Image, JpegImagePlugin
-
-    from ghostmesh_daemon.engine.eot import JpegCodec
-
-    with Image.open(path) as im:
-        tables = [list(v) for _, v in sorted(im.quantization.items())]
-        sub = JpegImagePlugin.get_sampling(im)
-    sub = 2 if sub < 0 else sub
-    return tables, sub, JpegCodec.from_pillow(tables, 95, sub)
-
-
 def _written(image, tables, sub):
     """``image`` (1, 3, H, W) written as Ghost Mesh writes a JPEG (the original's tables) and read back."""
     import io
@@ -237,6 +224,7 @@ def _written(image, tables, sub):
 def timings(bundle: Path, detections: dict, steps: int, device: str, quick: bool) -> dict:
     import torch
 
+    from benchmarks.common import jpeg_encoding_of
     from benchmarks.speed import build_targets, measure_steps
     from ghostmesh_daemon.engine import settings_for
     from ghostmesh_daemon.engine.optimize import protect_image
@@ -279,7 +267,7 @@ def timings(bundle: Path, detections: dict, steps: int, device: str, quick: bool
             faces = _faces(items)
             if not faces:
                 continue
-            tables, sub, codec = _original_codec(bundle / "data" / "faces" / rel)
+            tables, sub, codec = jpeg_encoding_of(bundle / "data" / "faces" / rel)
             x = _load(bundle, rel).to(device)
             t0 = time.perf_counter()
             out = protect_image(x, faces, targets, lpips, settings, codec=codec if aware else None)  # ends in floats: synchronized
@@ -308,7 +296,7 @@ def timings(bundle: Path, detections: dict, steps: int, device: str, quick: bool
 def run(bundle: Path, out: Path, steps: int, device: str = "cuda", quick: bool = False, skip_timings: bool = False) -> int:
     import torch
 
-    from benchmarks.common import git_rev, machine, md_table
+    from benchmarks.common import git_rev, machine
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run this on a GPU machine")

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import FACES, git_rev, machine, md_table, write_results
+from benchmarks.common import FACES, git_rev, jpeg_encoding_of, machine, md_table, write_results
 
 
 def _photo(megapixels: float):
@@ -50,8 +50,6 @@ def _time(fn, repeat: int = 5) -> float:
 
 def _models_time(ev, targets, lpips) -> dict[str, float]:
     """Forward+backward of each model alone, on inputs shaped like one step's."""
-    import torch
-
     from ghostmesh_daemon.engine.optimize import _crop
 
     out = {}
@@ -72,17 +70,6 @@ def _models_time(ev, targets, lpips) -> dict[str, float]:
     return out
 
 
-def _photo_codec():
-    """The JPEG obama.jpg is written back with (its own tables): what the engine judges each photo by."""
-    from PIL import Image, JpegImagePlugin
-
-    from ghostmesh_daemon.engine.eot import JpegCodec
-
-    with Image.open(FACES / "obama" / "obama.jpg") as im:
-        tables = [list(v) for _, v in sorted(im.quantization.items())]
-        return JpegCodec.from_pillow(tables, 95, max(0, JpegImagePlugin.get_sampling(im)))
-
-
 def run_one(megapixels: float, target_set: str, steps: int, jpeg: bool = True) -> dict:
     """One configuration, in this process: protect the scaled photo for exactly ``steps`` steps."""
     import torch
@@ -97,7 +84,7 @@ def run_one(megapixels: float, target_set: str, steps: int, jpeg: bool = True) -
     faces = detect_faces(rgb)
     detect_s = time.perf_counter() - t0
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-    row = measure_steps(x, faces, targets, lpips, steps, codec=_photo_codec() if jpeg else None)
+    row = measure_steps(x, faces, targets, lpips, steps, codec=jpeg_encoding_of(FACES / "obama" / "obama.jpg")[2] if jpeg else None)
     return {**row, "targets": target_set, "detect_seconds": round(detect_s, 2),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)}
 
