@@ -28,6 +28,7 @@ from PIL import Image
 from benchmarks.common import face_photos, git_rev, machine, md_table, references, write_results
 from ghostmesh_daemon.cli.engine_options import add_engine_options, engine_settings_from_args
 from ghostmesh_daemon.dlib_check import MATCH_THRESHOLD, best_match, find_faces, upload_like
+from ghostmesh_daemon.engine.settings import EngineSettings
 from ghostmesh_daemon.imaging import read_photo
 from ghostmesh_daemon.pipeline import Protector
 
@@ -98,6 +99,21 @@ def reference_auc(judge: EmbedderJudge, refs: list[tuple[str, np.ndarray]]) -> f
     return float(np.mean([[1.0 if s < d else 0.5 if s == d else 0.0 for d in diff] for s in same]))
 
 
+def override_settings(settings: EngineSettings, items: list[str]) -> EngineSettings:
+    """``settings`` with ``FIELD=VALUE`` overrides, each value parsed as the field's current type."""
+    from dataclasses import fields, replace
+
+    known = {f.name for f in fields(settings)}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in known:
+            raise SystemExit(f"--set: expected FIELD=VALUE with FIELD one of {', '.join(sorted(known))}, got {item!r}")
+        current = getattr(settings, name)
+        kind = type(current) if current is not None else float
+        settings = replace(settings, **{name: value.lower() in ("1", "true", "yes") if kind is bool else kind(value)})
+    return settings
+
+
 def _uint8(path: Path) -> np.ndarray:
     return np.ascontiguousarray((read_photo(path).rgb * 255).round().astype(np.uint8))
 
@@ -127,6 +143,8 @@ def main() -> None:
     parser.add_argument("--eot", type=int, default=None, help="EOT samples per step (default: the settings')")
     parser.add_argument("--judges", default=None, metavar="A,B|none",
                         help=f"face embedders that judge the pairs (default: those of {', '.join(JUDGES)} not among the targets)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override any EngineSettings field (repeatable), e.g. --set face_goal=1.2")
     add_engine_options(parser)
     args = parser.parse_args()
     if args.targets is None:
@@ -140,6 +158,7 @@ def main() -> None:
         settings = replace(settings, face_lpips_size=args.face_lpips_size)
     if args.eot is not None:
         settings = replace(settings, eot_samples=args.eot)
+    settings = override_settings(settings, args.set)
     protector = Protector(settings)
     targets = protector.target_names
     judges = [EmbedderJudge(n) for n in judge_names(args.judges, targets)]

@@ -58,9 +58,9 @@ def test_engine_keys_map_to_engine_settings_with_the_preset_underneath():
     assert (default.preset, default.steps, default.flow_limit) == ("stealth", 120, 0.01)
     panic = parse_config({"engine": {"preset": "panic"}}).engine_settings()
     assert (panic.steps, panic.flow_limit, panic.vertical_weight) == (200, 0.03, 0.0)
-    mine = parse_config({"engine": {"preset": "panic", "steps": 7, "targets": ["siglip"], "seed": 3}})
+    mine = parse_config({"engine": {"preset": "panic", "steps": 7, "targets": ["siglip"], "seed": 3, "align_samples": 2}})
     s = mine.engine_settings()
-    assert (s.steps, s.targets, s.seed, s.flow_limit) == (7, ("siglip",), 3, 0.03)
+    assert (s.steps, s.targets, s.seed, s.flow_limit, s.align_samples) == (7, ("siglip",), 3, 0.03, 2)
     # the command line beats the file
     assert mine.engine_settings({"steps": 2, "preset": "stealth"}).steps == 2
     assert mine.engine_settings({"preset": "stealth"}).flow_limit == 0.01
@@ -87,6 +87,7 @@ def test_engine_keys_map_to_engine_settings_with_the_preset_underneath():
         ({"retry": {"max_attempts": 0}}, "retry.max_attempts", "at least 1"),
         ({"engine": {"target_weights": ["mobileface"]}}, "engine.target_weights", "NAME=WEIGHT"),
         ({"engine": {"target_weights": ["face=-1"]}}, "engine.target_weights", ">= 0"),
+        ({"engine": {"align_samples": 9}}, "engine.align_samples", "at most 8"),
         ({"colours": {}}, "colours", "unknown section"),
         ({"watch": [{"poll": True}]}, "watch[1].path", "missing"),
         ({"watch": [{"path": "/x", "pol": True}]}, "watch[1].pol", "unknown key"),

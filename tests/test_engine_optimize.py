@@ -125,6 +125,28 @@ def test_early_stop_goes_past_the_goal_by_the_margin(small_face, face_target, lp
     assert out.targets["face"].distance_after[0] >= 0.3 * 1.5 * 0.98
 
 
+def test_realigned_faces_count_in_the_measure_and_get_pushed(small_face, face_target, lpips_model):
+    """With ``align_samples`` each target's distance is the mean over the face as aligned and as
+    re-aligned, and the optimizer pushes the mirrored chip away too."""
+    from ghostmesh_daemon.engine.eot import AlignDraw
+    from ghostmesh_daemon.engine.optimize import Evaluator, plan_views
+    from ghostmesh_daemon.engine.synthesis import clean_view
+
+    x, faces = small_face
+    s = settings_for("stealth", steps=16, align_samples=1, face_goal=0.7)
+    out = protect_image(x, faces, [face_target], lpips_model, s)
+    whole, views = plan_views(tuple(x.shape[-2:]), faces, s, need_detail=False)
+    ev = Evaluator([clean_view(x, g) for g in [whole, *views]], [whole, *views], faces, [face_target], lpips_model, s)
+    scene = ev.scene([clean_view(out.image, g) for g in [whole, *views]])
+    mirror = AlignDraw(scale=1.0, angle=0.0, shift=(0.0, 0.0), mirrored=True)
+    with torch.no_grad():
+        plain = ev.measure(scene)["targets"]["face"][1]
+        both = ev.measure(scene, aligns=[mirror])["targets"]["face"][1]
+        mirrored = face_target.distance(ev.references["face"], face_target.embed(ev.realigned(scene, mirror)))
+    assert torch.allclose(both, (plain + mirrored) / 2, atol=1e-5)
+    assert float(mirrored[0]) > 0.35, float(mirrored[0])  # the mirror image is not recognised either
+
+
 def _written_jpeg(image: torch.Tensor, tables, subsampling: int) -> torch.Tensor:
     import io
 

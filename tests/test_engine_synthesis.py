@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -233,3 +235,67 @@ def test_jpeg_codec_tables_and_subsampling_from_pillow():
     assert JpegCodec.from_pillow([list(q90.luma)], 95, 1).chroma == q90.luma  # one table for every component
     with pytest.raises(ValueError):
         JpegCodec((1,) * 10, q90.chroma)
+
+
+#: dlib's 5 points in chip pixels: 0-1 the image-right eye's corners, 2-3 the image-left eye's, 4 the nose.
+CHIP_POINTS = torch.tensor([[110.0, 62.0], [94.0, 62.0], [40.0, 62.0], [56.0, 62.0], [75.0, 100.0]])
+
+
+def _tilted_face():
+    from ghostmesh_daemon.engine.scene import Face
+
+    c, s = math.cos(0.2), math.sin(0.2)
+    a = torch.tensor([[0.8 * c, -0.8 * s, 60.0], [0.8 * s, 0.8 * c, 40.0]])
+    return Face(box=(50.0, 40.0, 180.0, 170.0), landmarks=CHIP_POINTS @ a[:, :2].T + a[:, 2], chip_to_image=a)
+
+
+def _realigned(face, image, **draw):
+    from ghostmesh_daemon.engine.eot import AlignDraw, realign
+    from ghostmesh_daemon.engine.scene import FaceView, ViewGeometry
+
+    geometry = ViewGeometry(box=(20, 10, 20 + image.shape[-1], 10 + image.shape[-2]), size=tuple(image.shape[-2:]))
+    d = {"scale": 1.0, "angle": 0.0, "shift": (0.0, 0.0), "mirrored": False, **draw}
+    return FaceView(face, geometry, image), realign(FaceView(face, geometry, image), AlignDraw(**d))
+
+
+def test_a_neutral_realignment_changes_nothing():
+    face = _tilted_face()
+    _, same = _realigned(face, torch.rand(1, 3, 220, 240))
+    assert torch.allclose(same.face.chip_to_image, face.chip_to_image, atol=1e-5)
+    assert torch.allclose(same.face.landmarks, face.landmarks, atol=1e-5)
+
+
+def test_a_mirrored_realignment_shows_every_target_the_mirror_image_of_its_crop():
+    from ghostmesh_daemon.engine.geometry import affine_patch
+    from ghostmesh_daemon.targets.arcface_crop import crop_to_view
+
+    face = _tilted_face()
+    # smooth, so that the eye-aligned crop's sub-pixel asymmetry (the ArcFace template's eyes are
+    # centred 0.4 px off its middle, which the mirror turns into a pixel) stays small
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, 22, 24, generator=torch.Generator().manual_seed(0)),
+                                            size=(220, 240), mode="bicubic", align_corners=False)
+    view, mirrored = _realigned(face, image, mirrored=True)
+    chip = affine_patch(view.image, view.chip_to_view(), (150, 150))
+    assert torch.allclose(affine_patch(mirrored.image, mirrored.chip_to_view(), (150, 150)), chip.flip(-1), atol=1e-4)
+    crop = affine_patch(view.image, crop_to_view(view).float(), (112, 112))
+    crop_m = affine_patch(mirrored.image, crop_to_view(mirrored).float(), (112, 112))
+    to_mirror, to_same = float((crop_m - crop.flip(-1)).abs().mean()), float((crop_m - crop).abs().mean())
+    assert to_mirror < 0.25 * to_same, (to_mirror, to_same)
+
+
+def test_realignment_scales_and_turns_about_the_chip_centre():
+    from ghostmesh_daemon.engine.eot import draw_alignment
+
+    face = _tilted_face()
+    image = torch.rand(1, 3, 220, 240)
+    bigger = _realigned(face, image, scale=1.1, angle=0.05)[1].face
+    centre = torch.tensor([74.5, 74.5, 1.0])
+    assert torch.allclose(bigger.chip_to_image @ centre, face.chip_to_image @ centre, atol=1e-4)
+    ratio = torch.det(bigger.chip_to_image[:, :2]) / torch.det(face.chip_to_image[:, :2])
+    assert abs(float(ratio) - 1.21) < 1e-4
+    moved = _realigned(face, image, shift=(0.1, 0.0))[1].face
+    step = moved.chip_to_image @ centre - face.chip_to_image @ centre
+    # a tenth of the chip's side along the chip's own (tilted) x axis
+    assert torch.allclose(step, 0.1 * 149 * face.chip_to_image[:, 0] / face.chip_to_image[:, 0].norm() * 0.8, atol=1e-3)
+    draws = [draw_alignment(torch.Generator().manual_seed(5), 0.08) for _ in range(2)]
+    assert draws[0] == draws[1] and 0.92 <= draws[0].scale <= 1.08 and abs(draws[0].angle) <= 0.08

@@ -8,7 +8,7 @@ the config file.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..engine.settings import PRESETS, EngineSettings, parse_target_weights, settings_for
 from ..errors import UsageError
@@ -23,6 +23,7 @@ ENGINE_OPTION_FIELDS = (
     "noise_limit",
     "flow_limit",
     "lpips_budget",
+    "align_samples",
     "device",
     "seed",
 )
@@ -44,14 +45,22 @@ def _target_weights(text: str) -> tuple[tuple[str, float], ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
+def _whole_number(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number within [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected at least {lo}, got {value}" if hi is None else f"expected {lo} to {hi}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _whole_number(1)
 
 
 def _fraction(text: str) -> float:
@@ -83,6 +92,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--noise-limit", type=_fraction, metavar="F", help="max per-pixel noise (default: 0.05)")
     g.add_argument("--flow-limit", type=_fraction, metavar="F", help="max warp, fraction of the image size")
     g.add_argument("--lpips-budget", type=_fraction, metavar="F", help="perceptual budget (default: 0.05)")
+    g.add_argument("--align-samples", type=_whole_number(0, 8), metavar="N",
+                   help="re-aligned copies of each face the face models also see each step (default: 0)")
     g.add_argument("--device", type=_device, metavar="DEV", help="auto, cpu, cuda[:N] or mps (default: auto)")
     g.add_argument("--seed", type=int, metavar="N", help="random seed (default: 0)")
 

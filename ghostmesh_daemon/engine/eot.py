@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .geometry import check_image
+from .scene import FaceView
 
 # IJG (libjpeg) base tables, quality 50.
 _LUMA = torch.tensor([
@@ -167,6 +168,50 @@ def draw(generator: torch.Generator, scale=(0.3, 1.0), quality=(60.0, 95.0), max
         quality=quality[0] + (quality[1] - quality[0]) * u[2],
         shift=(round((2 * u[3] - 1) * max_shift), round((2 * u[4] - 1) * max_shift)),
     )
+
+
+@dataclass(frozen=True)
+class AlignDraw:
+    """One random re-alignment of the faces (input diversity): how differently another face
+    recogniser's detector and landmarks might crop the same face. ``scale`` and ``angle`` (radians)
+    act about the chip's centre, ``shift`` is a fraction of the chip's side, ``mirrored`` shows
+    every target its crop's mirror image (face models see both, from training augmentation)."""
+
+    scale: float
+    angle: float
+    shift: tuple[float, float]
+    mirrored: bool
+
+
+def draw_alignment(generator: torch.Generator, jitter: float = 0.08, mirror: bool = True) -> AlignDraw:
+    """Scale within 1 +- ``jitter``, angle within +- ``jitter`` rad, shift within +- ``jitter / 2``."""
+    u = torch.rand(5, generator=generator).tolist()
+    return AlignDraw(scale=1 + jitter * (2 * u[0] - 1), angle=jitter * (2 * u[1] - 1),
+                     shift=(jitter * (u[2] - 0.5), jitter * (u[3] - 0.5)), mirrored=mirror and u[4] < 0.5)
+
+
+def realign(view: FaceView, d: AlignDraw) -> FaceView:
+    """``view`` as the re-alignment ``d`` crops it: the face's chip moved by a similarity about its
+    centre, in the chip's own axes (so a tilted face tilts with it); when mirrored, the view's pixels
+    flipped left to right and the face with them, so every target sees the mirror image of its crop."""
+    face = view.face
+    a = face.chip_to_image.double()
+    n = face.chip_size - 1
+    centre = a @ torch.tensor([n / 2, n / 2, 1.0], dtype=torch.float64)
+    side = float(torch.det(a[:, :2]).abs().sqrt()) * n  # the chip's side in image pixels
+    basis = torch.stack([a[:, 0] / a[:, 0].norm(), a[:, 1] / a[:, 1].norm()], dim=1)  # chip axes in the image
+    c, s = math.cos(d.angle), math.sin(d.angle)
+    m = basis @ (d.scale * torch.tensor([[c, -s], [s, c]], dtype=torch.float64)) @ basis.T
+    t = torch.eye(3, dtype=torch.float64)
+    t[:2, :2] = m
+    t[:2, 2] = centre - m @ centre + basis @ torch.tensor(d.shift, dtype=torch.float64) * side
+    face = face.moved(t)
+    image = view.image
+    if d.mirrored:
+        x0, _, x1, _ = view.geometry.box  # flipping the view reflects the photo about the view's centre
+        flip = torch.tensor([[-1.0, 0.0, x0 + x1 - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        face, image = face.moved(flip, mirrored=True), image.flip(-1)
+    return FaceView(face, view.geometry, image)
 
 
 def apply(x: Tensor, d: UploadDraw, view_scale: float = 1.0) -> Tensor:

@@ -140,6 +140,11 @@ class Evaluator:
             faces=[FaceView(v.face, v.geometry, eot.apply(v.image, d, v.geometry.scale[1])) for v in scene.faces],
         )
 
+    @staticmethod
+    def realigned(scene: Scene, d: eot.AlignDraw) -> Scene:
+        """``scene`` with every face cropped as the re-alignment ``d`` would crop it."""
+        return Scene(whole=scene.whole, faces=[eot.realign(v, d) for v in scene.faces])
+
     def written(self, scene: Scene, codec: eot.JpegCodec) -> Scene:
         """``scene`` as the JPEG writer will leave it: face views at the photo's own resolution go
         through ``codec`` on the photo's block grid. Downscaled views (faces larger than the face view)
@@ -152,14 +157,16 @@ class Evaluator:
             faces.append(v)
         return Scene(whole=scene.whole, faces=faces)
 
-    def measure(self, scene: Scene, draws: Sequence[eot.UploadDraw] = ()) -> dict:
+    def measure(self, scene: Scene, draws: Sequence[eot.UploadDraw] = (), aligns: Sequence[eot.AlignDraw] = ()) -> dict:
         """Similarities, distances and LPIPS of ``scene`` (differentiable).
 
-        With ``draws``, each target's similarity and distance are averaged over the scene itself and
-        the scene after each draw (expectation over transformations), and a row counts as protected
-        only when that average is past its goal.
+        With ``draws`` (uploads) or ``aligns`` (re-alignments of the faces), each target's similarity
+        and distance are averaged over the scene itself and the scene after each draw (expectation
+        over transformations), and a row counts as protected only when that average is past its goal.
+        The reference stays the clean photo as aligned on it: another recogniser would compare the
+        protected face, however it crops it, with the photos it already holds.
         """
-        scenes = [scene, *(self.uploaded(scene, d) for d in draws)]
+        scenes = [scene, *(self.uploaded(scene, d) for d in draws), *(self.realigned(scene, a) for a in aligns)]
         per_target = {}
         for t in self.targets:
             ref = self.references[t.name]
@@ -230,7 +237,8 @@ def protect_image(
         t0 = time.perf_counter()
         scene = ev.scene(pert.render_views(clean_views))
         draws = [eot.draw(generator) for _ in range(settings.eot_samples)]
-        m = ev.measure(scene, draws)
+        aligns = [eot.draw_alignment(generator, settings.align_jitter) for _ in range(settings.align_samples)]
+        m = ev.measure(scene, draws, aligns)
         lp_whole, lp_faces = m["lpips"], m["face_lpips"]
         lp_float = [float(lp_whole.detach()), *(float(v.detach()) for v in lp_faces)]
         # Steer by the float pixels, judge by the file: gradients through JPEG's rounding point the
@@ -244,7 +252,7 @@ def protect_image(
                 all(bool(m["targets"][t.name][2].all()) for t in active)
             if step % JUDGE_EVERY == 0 or could_stop or step == settings.steps:
                 with torch.no_grad():
-                    judged = ev.measure(ev.written(scene, codec), draws)
+                    judged = ev.measure(ev.written(scene, codec), draws, aligns)
                 lp_judged = [float(judged["lpips"]), *(float(v) for v in judged["face_lpips"])]
                 excess = [max(0.0, j - f) for j, f in zip(lp_judged, lp_float)]
             else:

@@ -42,6 +42,29 @@ class Face:
         return Face(box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), landmarks=pts.float(),
                     chip_to_image=(m @ a)[:2].float(), chip_size=self.chip_size)
 
+    def moved(self, transform: Tensor, mirrored: bool = False) -> "Face":
+        """This face in an image moved by the affine ``transform`` (3, 3, image pixels to image pixels).
+
+        With ``mirrored`` the transform is a reflection (the image was flipped): the chip is then read
+        mirrored as well, so it shows the face upright and unflipped relative to the flipped pixels,
+        and the eyes' landmarks trade places (dlib's points 0-1 are the image-right eye, 2-3 the
+        image-left), so a crop aligned on the eyes stays upright too.
+        """
+        t = transform.double()
+        a = torch.eye(3, dtype=torch.float64)
+        a[:2] = self.chip_to_image.double()
+        a = t @ a
+        pts = self.landmarks.double() @ t[:2, :2].T + t[:2, 2]
+        if mirrored:
+            n = self.chip_size - 1
+            a = a @ torch.tensor([[-1.0, 0.0, n], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+            pts = pts[[2, 3, 0, 1, 4]]
+        x0, y0, x1, y1 = self.box
+        box = torch.tensor([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=torch.float64) @ t[:2, :2].T + t[:2, 2]
+        lo, hi = box.min(0).values.tolist(), box.max(0).values.tolist()
+        return Face(box=(lo[0], lo[1], hi[0], hi[1]), landmarks=pts.float(), chip_to_image=a[:2].float(),
+                    chip_size=self.chip_size)
+
     def chip_corners(self) -> Tensor:
         """The four corners of the chip square in image pixels, shape (4, 2)."""
         n = self.chip_size - 1

@@ -44,6 +44,11 @@ class EngineSettings:
     #: were calibrated at; 512 judges the noise nearer to 100 % view, stricter and slower.
     face_lpips_size: int = 256
     eot_samples: int = 0
+    #: Input diversity for face targets: each step also embeds each face re-aligned this many times
+    #: at random (scale, rotation and shift within ``align_jitter``, mirrored half the time), so the
+    #: perturbation cannot rely on one model's exact crop.
+    align_samples: int = 0
+    align_jitter: float = 0.08
     #: The optimizer stops once each distance is this fraction past its goal: the full-resolution
     #: render and the 8-bit write each move a distance by up to about 1 % (measured on the shared
     #: faces), and the report judges the written file against the goal itself.
