@@ -183,7 +183,7 @@ class AlignDraw:
     mirrored: bool
 
 
-def draw_alignment(generator: torch.Generator, jitter: float = 0.08, mirror: bool = True) -> AlignDraw:
+def draw_alignment(generator: torch.Generator, jitter: float = 0.15, mirror: bool = True) -> AlignDraw:
     """Scale within 1 +- ``jitter``, angle within +- ``jitter`` rad, shift within +- ``jitter / 2``."""
     u = torch.rand(5, generator=generator).tolist()
     return AlignDraw(scale=1 + jitter * (2 * u[0] - 1), angle=jitter * (2 * u[1] - 1),
