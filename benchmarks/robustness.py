@@ -31,17 +31,19 @@ CONFIGS: dict[str, tuple[str, str, list[str]]] = {
     "flow_only": ("ablation", "flow only (256 px)", ["--targets", "face", "--noise-limit", "0.000001", "--face-lpips-size", "256"]),
     "both": ("ablation", "noise + flow (256 px)", ["--targets", "face", "--face-lpips-size", "256"]),
     "both_eot": ("ablation", "noise + flow + EOT (256 px)", ["--targets", "face", "--eot", "1", "--face-lpips-size", "256"]),
-    "panic": ("preset", "panic preset (256 px)", ["--targets", "face", "--preset", "panic"]),
+    "panic": ("preset", "panic preset without input diversity (256 px)", ["--targets", "face", "--preset", "panic", "--align-samples", "0"]),
     "budget_002": ("budget", "face LPIPS budget 0.02", ["--targets", "face", "--face-lpips-budget", "0.02"]),
     "budget_005": ("budget", "face LPIPS budget 0.05", ["--targets", "face", "--face-lpips-budget", "0.05"]),
     "budget_008": ("budget", "face LPIPS budget 0.08", ["--targets", "face", "--face-lpips-budget", "0.08", "--lpips-budget", "0.08"]),
     "steps_10": ("steps", "at most 10 steps", ["--targets", "face", "--steps", "10"]),
     "steps_25": ("steps", "at most 25 steps", ["--targets", "face", "--steps", "25"]),
     "auto_eot": ("transfer", "defaults + EOT (1 upload draw per step)", ["--targets", "auto", "--eot", "1"]),
-    "panic_budget_002": ("budget", "panic, face LPIPS budget 0.02", ["--targets", "face", "--preset", "panic", "--face-lpips-budget", "0.02"]),
-    "panic_budget_005": ("budget", "panic, face LPIPS budget 0.05", ["--targets", "face", "--preset", "panic", "--face-lpips-budget", "0.05"]),
+    "panic_budget_002": ("budget", "panic, face LPIPS budget 0.02", ["--targets", "face", "--preset", "panic", "--align-samples", "0", "--face-lpips-budget", "0.02"]),
+    "panic_budget_005": ("budget", "panic, face LPIPS budget 0.05", ["--targets", "face", "--preset", "panic", "--align-samples", "0", "--face-lpips-budget", "0.05"]),
+    "panic_align": ("transfer", "panic preset as shipped: 2 re-aligned copies per step (256 px)", ["--targets", "face", "--preset", "panic"]),
+    "auto_panic": ("transfer", "targets auto, panic preset as shipped (the daemon's retry for weak photos)", ["--targets", "auto", "--preset", "panic"]),
     "face_align": ("transfer", "target face, 2 re-aligned copies per step (input diversity)", ["--targets", "face", "--align-samples", "2"]),
-    "panic_steps_10": ("steps", "panic, at most 10 steps", ["--targets", "face", "--preset", "panic", "--steps", "10"]),
+    "panic_steps_10": ("steps", "panic, at most 10 steps", ["--targets", "face", "--preset", "panic", "--align-samples", "0", "--steps", "10"]),
 }
 
 

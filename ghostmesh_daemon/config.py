@@ -183,10 +183,11 @@ KEYS: tuple[Key, ...] = (
     Key("engine", "flow_limit", None,
         "Largest warp, as a fraction of the image size (default: the preset's, 0.01 for stealth).",
         _fraction, example=0.01),
-    Key("engine", "align_samples", 0,
+    Key("engine", "align_samples", None,
         "Input diversity: each step also shows the face models each face re-aligned (scaled, turned,\n"
-        "shifted, mirrored) this many times at random; slower, transfers further (benchmarks/README).",
-        _number(0, 8, integer=True)),
+        "shifted, mirrored) this many times at random; slower, transfers further (default: the\n"
+        "preset's, 0 for stealth, 2 for panic).",
+        _number(0, 8, integer=True), example=2),
     Key("engine", "lpips_budget", 0.05, "Perceptual budget (LPIPS) for the whole photo.", _fraction),
     Key("engine", "face_lpips_budget", 0.03, "Perceptual budget (LPIPS) for each face.", _fraction),
     Key("engine", "siglip_model", "google/siglip-base-patch16-384",

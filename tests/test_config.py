@@ -57,10 +57,11 @@ def test_engine_keys_map_to_engine_settings_with_the_preset_underneath():
     default = parse_config({}).engine_settings()
     assert (default.preset, default.steps, default.flow_limit) == ("stealth", 120, 0.01)
     panic = parse_config({"engine": {"preset": "panic"}}).engine_settings()
-    assert (panic.steps, panic.flow_limit, panic.vertical_weight) == (200, 0.03, 0.0)
-    mine = parse_config({"engine": {"preset": "panic", "steps": 7, "targets": ["siglip"], "seed": 3, "align_samples": 2}})
+    assert (panic.steps, panic.flow_limit, panic.vertical_weight, panic.align_samples) == (200, 0.03, 0.0, 2)
+    assert default.align_samples == 0
+    mine = parse_config({"engine": {"preset": "panic", "steps": 7, "targets": ["siglip"], "seed": 3, "align_samples": 1}})
     s = mine.engine_settings()
-    assert (s.steps, s.targets, s.seed, s.flow_limit, s.align_samples) == (7, ("siglip",), 3, 0.03, 2)
+    assert (s.steps, s.targets, s.seed, s.flow_limit, s.align_samples) == (7, ("siglip",), 3, 0.03, 1)
     # the command line beats the file
     assert mine.engine_settings({"steps": 2, "preset": "stealth"}).steps == 2
     assert mine.engine_settings({"preset": "stealth"}).flow_limit == 0.01

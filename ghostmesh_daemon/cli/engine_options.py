@@ -93,7 +93,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--flow-limit", type=_fraction, metavar="F", help="max warp, fraction of the image size")
     g.add_argument("--lpips-budget", type=_fraction, metavar="F", help="perceptual budget (default: 0.05)")
     g.add_argument("--align-samples", type=_whole_number(0, 8), metavar="N",
-                   help="re-aligned copies of each face the face models also see each step (default: 0)")
+                   help="re-aligned copies of each face the face models also see each step (default: the preset's, 0 or 2)")
     g.add_argument("--device", type=_device, metavar="DEV", help="auto, cpu, cuda[:N] or mps (default: auto)")
     g.add_argument("--seed", type=int, metavar="N", help="random seed (default: 0)")
 
