@@ -83,8 +83,9 @@ def _plot(records: list[tuple[str, str, str, dict]]) -> None:
             if not pts:
                 continue
             xs = [p[0] for p in pts]
-            ax.plot(xs, [p[1] for p in pts], "o-", color=colour, label=f"{preset}: dlib")
-            ax.plot(xs, [p[2] for p in pts], "x--", color=colour, label=f"{preset}: MobileFace (held out)")
+            name = "panic without input diversity" if preset == "panic" else preset
+            ax.plot(xs, [p[1] for p in pts], "o-", color=colour, label=f"{name}: dlib")
+            ax.plot(xs, [p[2] for p in pts], "x--", color=colour, label=f"{name}: MobileFace (held out)")
     axes[0].set_xlabel("face LPIPS budget")
     axes[1].set_xlabel("most steps allowed")
     axes[1].set_xscale("log")

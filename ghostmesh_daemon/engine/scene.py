@@ -45,10 +45,10 @@ class Face:
     def moved(self, transform: Tensor, mirrored: bool = False) -> "Face":
         """This face in an image moved by the affine ``transform`` (3, 3, image pixels to image pixels).
 
-        With ``mirrored`` the transform is a reflection (the image was flipped): the chip is then read
-        mirrored as well, so it shows the face upright and unflipped relative to the flipped pixels,
-        and the eyes' landmarks trade places (dlib's points 0-1 are the image-right eye, 2-3 the
-        image-left), so a crop aligned on the eyes stays upright too.
+        With ``mirrored`` the transform is a reflection (the pixels were flipped with it): the chip's
+        own x axis is reversed too, so that cutting the chip from the flipped pixels gives the mirror
+        image of the original chip, and the eyes' landmarks trade places (dlib's points 0-1 are the
+        image-right eye, 2-3 the image-left), so a crop aligned on the eyes is mirrored the same way.
         """
         t = transform.double()
         a = torch.eye(3, dtype=torch.float64)
