@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import platformdirs
 
-from .engine.settings import PRESETS, EngineSettings, parse_target_weights, settings_for
+from .engine.settings import MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, settings_for
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -187,7 +187,7 @@ KEYS: tuple[Key, ...] = (
         "Input diversity: each step also shows the face models each face re-aligned (scaled, turned,\n"
         "shifted, mirrored) this many times at random; slower, transfers further (default: the\n"
         "preset's, 0 for stealth, 2 for panic).",
-        _number(0, 8, integer=True), example=2),
+        _number(0, MAX_ALIGN_SAMPLES, integer=True), example=2),
     Key("engine", "lpips_budget", 0.05, "Perceptual budget (LPIPS) for the whole photo.", _fraction),
     Key("engine", "face_lpips_budget", 0.03, "Perceptual budget (LPIPS) for each face.", _fraction),
     Key("engine", "siglip_model", "google/siglip-base-patch16-384",

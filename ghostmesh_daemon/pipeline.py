@@ -16,15 +16,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-
-from . import ENGINE_VERSION
 from PIL import Image
 
+from . import ENGINE_VERSION
+from .dlib_check import MATCH_THRESHOLD, best_match, descriptor_at, distances_to_original, find_faces, upload_like
 from .engine import EngineSettings, evaluate, protect_image
 from .engine.eot import JpegCodec
 from .engine.losses import psnr, ssim
-
-from .dlib_check import MATCH_THRESHOLD, best_match, descriptor_at, distances_to_original, find_faces, upload_like
 from .errors import GhostMeshError, ModelUnavailable, PhotoError
 from .faces import detect_faces
 from .imaging import atomic_output, is_output, output_path, read_photo, write_photo

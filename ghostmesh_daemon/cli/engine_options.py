@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Mapping
 
-from ..engine.settings import PRESETS, EngineSettings, parse_target_weights, settings_for
+from ..engine.settings import MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, settings_for
 from ..errors import UsageError
 
 #: EngineSettings fields that have a command-line option (dest names match the field names).
@@ -92,7 +92,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--noise-limit", type=_fraction, metavar="F", help="max per-pixel noise (default: 0.05)")
     g.add_argument("--flow-limit", type=_fraction, metavar="F", help="max warp, fraction of the image size")
     g.add_argument("--lpips-budget", type=_fraction, metavar="F", help="perceptual budget (default: 0.05)")
-    g.add_argument("--align-samples", type=_whole_number(0, 8), metavar="N",
+    g.add_argument("--align-samples", type=_whole_number(0, MAX_ALIGN_SAMPLES), metavar="N",
                    help="re-aligned copies of each face the face models also see each step (default: the preset's, 0 or 2)")
     g.add_argument("--device", type=_device, metavar="DEV", help="auto, cpu, cuda[:N] or mps (default: auto)")
     g.add_argument("--seed", type=int, metavar="N", help="random seed (default: 0)")

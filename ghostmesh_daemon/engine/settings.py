@@ -7,6 +7,9 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
+#: Most re-aligned copies of each face per step (each costs a face model's forward and backward pass).
+MAX_ALIGN_SAMPLES = 8
+
 Mode = Literal["tanh", "pgd"]
 Preset = Literal["stealth", "panic"]
 

@@ -121,14 +121,23 @@ class Photo:
     def grayscale(self) -> bool:
         return self.channels == "L"
 
+    def jpeg_quantization(self) -> dict[str, Any]:
+        """Pillow's save arguments that decide how the copy's JPEG is quantized: the original's tables
+        (or quality 95 without them) and its chroma subsampling, where known."""
+        params: dict[str, Any] = {"qtables": self.jpeg_qtables} if self.jpeg_qtables else {"quality": JPEG_QUALITY_WITHOUT_TABLES}
+        if self.jpeg_subsampling is not None and self.jpeg_subsampling >= 0:
+            params["subsampling"] = self.jpeg_subsampling
+        return params
+
     def jpeg_encoding(self) -> tuple[list[list[int]] | None, int, int] | None:
         """How the protected copy's JPEG will be quantized: (per-component tables, or None for libjpeg's
-        tables at the quality given), quality, Pillow's subsampling code. None when the copy is not an
-        RGB JPEG. The optimizer uses it to see the copy as it will be written."""
+        tables at the quality given), quality, Pillow's subsampling code (its default, 4:2:0, when the
+        original's is unknown). None when the copy is not an RGB JPEG. The optimizer uses it to see the
+        copy as it will be written."""
         if self.format != "JPEG" or self.channels != "RGB":
             return None
-        sub = self.jpeg_subsampling if self.jpeg_subsampling is not None and self.jpeg_subsampling >= 0 else 2
-        return (self.jpeg_qtables or None), JPEG_QUALITY_WITHOUT_TABLES, sub
+        q = self.jpeg_quantization()
+        return q.get("qtables"), JPEG_QUALITY_WITHOUT_TABLES, q.get("subsampling", 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -805,13 +814,7 @@ def _pil(colour: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
 
 def _encode_jpeg(photo: Photo, colour: np.ndarray, exif: bytes | None, xmp: bytes | None) -> tuple[bytes, list[str]]:
     im = _pil(colour, None)
-    params: dict[str, Any] = {"optimize": True, "progressive": photo.jpeg_progressive}
-    if photo.jpeg_qtables:
-        params["qtables"] = photo.jpeg_qtables
-    else:
-        params["quality"] = JPEG_QUALITY_WITHOUT_TABLES
-    if photo.jpeg_subsampling is not None and photo.jpeg_subsampling >= 0:
-        params["subsampling"] = photo.jpeg_subsampling
+    params: dict[str, Any] = {"optimize": True, "progressive": photo.jpeg_progressive, **photo.jpeg_quantization()}
     if photo.colour_converted:
         params["icc_profile"] = _srgb_icc()
     buf = io.BytesIO()
