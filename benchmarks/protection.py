@@ -110,7 +110,14 @@ def override_settings(settings: EngineSettings, items: list[str]) -> EngineSetti
             raise SystemExit(f"--set: expected FIELD=VALUE with FIELD one of {', '.join(sorted(known))}, got {item!r}")
         current = getattr(settings, name)
         kind = type(current) if current is not None else float
-        settings = replace(settings, **{name: value.lower() in ("1", "true", "yes") if kind is bool else kind(value)})
+        # targets and target_weights are lists their own options parse; preset brings its own values
+        if kind not in (bool, int, float, str) or name == "preset":
+            raise SystemExit(f"--set: use --{name.replace('_', '-')} for {name}")
+        try:
+            parsed = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise SystemExit(f"--set: {name} expects {kind.__name__}, got {value!r}") from None
+        settings = replace(settings, **{name: parsed})
     return settings
 
 
