@@ -119,8 +119,8 @@ def correctness(bundle: Path, detections: dict, checks: list[dict], device: str)
     from benchmarks.speed import build_targets
     from ghostmesh_daemon.engine import settings_for
     from ghostmesh_daemon.engine.losses import identity_term
-    from ghostmesh_daemon.engine.optimize import Evaluator, evaluate, plan_views, protect_image
-    from ghostmesh_daemon.engine.synthesis import Bounds, Perturbation, clean_view
+    from ghostmesh_daemon.engine.optimize import Evaluator, evaluate, make_perturbation, plan_views, protect_image
+    from ghostmesh_daemon.engine.synthesis import clean_view
     from ghostmesh_daemon.weights import load_lpips
 
     def check(name: str, gap: float, tol: float, **extra) -> None:
@@ -141,7 +141,7 @@ def correctness(bundle: Path, detections: dict, checks: list[dict], device: str)
         views = [clean_view(xd, g) for g in geoms]
         ev = Evaluator(views, geoms, faces, targets, lpips, settings)
         torch.manual_seed(1)
-        pert = Perturbation(tuple(x.shape[-2:]), whole, fg, Bounds(0.05, 0.01), settings.flow_grid)
+        pert = make_perturbation(x, faces, settings, whole, fg, need_detail=False)
         with torch.no_grad():
             for p in pert.parameters():
                 p.normal_(0, 0.5)

@@ -10,12 +10,20 @@ Held-out judges: every face embedder among :data:`JUDGES` that protection did no
 counting only the pairs it matched before protection. Each judge's ROC AUC on the reference photos says how
 well it tells these people apart at all (a judge near 0.5 says little about transfer).
 
+Quality, at each photo's own resolution (``benchmarks.quality``), on the file as written: whole-photo
+LPIPS-AlexNet tiled at native scale, and for every face its native crop measured with LPIPS-AlexNet (what the
+engine optimizes) and three measures it does not (LPIPS-VGG, MS-SSIM, HaarPSI), each beside a noise reference
+(the same crop with uniform ±4/255 noise, 8-bit). The contact sheet shows every face of every photo before |
+after | difference x 8 at 100 %. A photo the pipeline judged ``weak`` is kept (``keep_weak``) and measured
+like the others, and counted in ``weak_photos``.
+
     python -m benchmarks.protection [--targets face] [--preset stealth] [--steps N] [--name NAME] [--judges A,B|none]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import statistics
 import tempfile
@@ -23,9 +31,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from benchmarks.common import face_photos, git_rev, machine, md_table, references, write_results
+from benchmarks.quality import measure_photo, native_contact_sheet, summary_lines, table_lines
+from benchmarks.quality import summarize as summarize_quality
 from ghostmesh_daemon.cli.engine_options import add_engine_options, engine_settings_from_args
 from ghostmesh_daemon.dlib_check import MATCH_THRESHOLD, best_match, find_faces, upload_like
 from ghostmesh_daemon.engine.settings import EngineSettings
@@ -125,22 +134,6 @@ def _uint8(path: Path) -> np.ndarray:
     return np.ascontiguousarray((read_photo(path).rgb * 255).round().astype(np.uint8))
 
 
-def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, tuple]], dest: Path, crop: int = 256) -> None:
-    """Before/after crops at 100 % around each photo's main face, one row per photo."""
-    tiles = []
-    for before, after, box in rows:
-        cx, cy = (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
-        h, w = before.shape[:2]
-        x0 = int(min(max(0, cx - crop // 2), max(0, w - crop)))
-        y0 = int(min(max(0, cy - crop // 2), max(0, h - crop)))
-        a, b = before[y0:y0 + crop, x0:x0 + crop], after[y0:y0 + crop, x0:x0 + crop]
-        pad = lambda t: np.pad(t, ((0, crop - t.shape[0]), (0, crop - t.shape[1]), (0, 0)), constant_values=255)
-        tiles.append(np.concatenate([pad(a), np.full((crop, 8, 3), 255, np.uint8), pad(b)], axis=1))
-    sheet = np.concatenate([np.concatenate([t, np.full((8, t.shape[1], 3), 255, np.uint8)]) for t in tiles])
-    # JPEG at quality 90 with full chroma: the crops stay faithful at 100 % and the file small.
-    Image.fromarray(sheet).save(dest, quality=90, subsampling=0)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="protection", help="results file name")
@@ -186,17 +179,27 @@ def main() -> None:
         for j in judges
     }
 
+    from ghostmesh_daemon.faces import detect_faces
+
+    # Keep a copy the pipeline judges weak (written to the temporary folder only) so it is measured too;
+    # a pipeline without ``keep_weak`` writes every copy anyway.
+    protect_kw = {"keep_weak": True} if "keep_weak" in inspect.signature(protector.protect_file).parameters else {}
     photos = face_photos()[: args.limit]
-    per_photo, pairs, sheet_rows = [], [], []
+    per_photo, pairs, sheet_rows, quality = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for person, path in photos:
             t0 = time.perf_counter()
-            entry = protector.protect_file(path, out_dir=Path(tmp))
+            entry = protector.protect_file(path, out_dir=Path(tmp), **protect_kw)
             wall = time.perf_counter() - t0
-            if entry.status != "ok":
+            if entry.status not in ("ok", "weak") or not entry.output:
                 per_photo.append({"photo": f"{person}/{path.name}", "status": entry.status, "reason": entry.reason})
                 continue
             original, written = _uint8(path), _uint8(Path(entry.output))
+            label = f"{person}/{path.name}"
+            faces = detect_faces(original)
+            measured = measure_photo(label, original, written, faces, device=protector.device)
+            quality.append(measured)
+            sheet_rows.append((label, original, written, faces))
             uploaded = upload_like(written, 75, 1080)
             found_saved, found_upload, found_before = find_faces(written), find_faces(uploaded), find_faces(original)
             judged = {j.name: (j.faces(original), j.faces(written), j.faces(uploaded)) for j in judges}
@@ -207,7 +210,7 @@ def main() -> None:
                 saved = best_match(found_saved, desc)
                 upload = best_match(found_upload, desc)
                 pair = {
-                    "protected": f"{person}/{path.name}", "reference": ref_path.name, "before": before,
+                    "protected": f"{person}/{path.name}", "reference": ref_path.name, "status": entry.status, "before": before,
                     "saved": saved, "upload": upload,
                     "protected_saved": saved is None or saved >= MATCH_THRESHOLD,
                     "protected_upload": upload is None or upload >= MATCH_THRESHOLD,
@@ -225,21 +228,29 @@ def main() -> None:
                 pairs.append(pair)
             r = entry.target_results.get("face")
             per_photo.append({
-                "photo": f"{person}/{path.name}", "status": "ok", "megapixels": round(original.shape[0] * original.shape[1] / 1e6, 2),
+                "photo": label, "status": entry.status, "reason": entry.reason,
+                "megapixels": round(original.shape[0] * original.shape[1] / 1e6, 2),
                 "faces": entry.faces, "dlib_distance_to_original": entry.face_dlib_distance,
                 "port_distance": r.distance_after if r else None, "lpips": entry.lpips, "face_lpips": entry.face_lpips,
                 "max_delta": entry.max_delta, "max_flow_px": entry.max_flow_px, "steps": entry.steps,
                 "seconds": entry.seconds, "wall_seconds": round(wall, 2),
+                # measured here on the written file at native resolution (benchmarks.quality)
+                "whole_photo_lpips_native": measured["whole_photo_lpips_native"],
+                "face_quality": measured["faces"],
             })
-            if entry.faces:
-                box = found_before[0].box if found_before else (0, 0, original.shape[1], original.shape[0])
-                sheet_rows.append((original, written, box))
-            print(f"{person}/{path.name}: {entry.steps} steps, {entry.seconds:.1f} s, dlib {entry.face_dlib_distance}, "
-                  f"face LPIPS {entry.face_lpips}", flush=True)
+            fq = measured["faces"]
+            print(f"{label}: {entry.status}, {entry.steps} steps, {entry.seconds:.1f} s, dlib {entry.face_dlib_distance}, "
+                  f"face LPIPS {entry.face_lpips}; native face LPIPS {[round(f['lpips_alex'], 4) for f in fq]}, "
+                  f"whole {measured['whole_photo_lpips_native']:.4f}, "
+                  f"faces within noise on >= 2 unoptimized measures {sum(f['two_unoptimized_within'] for f in fq)}/{len(fq)}",
+                  flush=True)
 
-    ok = [p for p in per_photo if p["status"] == "ok"]
+    ok = [p for p in per_photo if p["status"] in ("ok", "weak")]  # both were written and are measured
     face_lp = [v for p in ok for v in p["face_lpips"]]
+    quality_summary = summarize_quality(quality)
     summary = {
+        "weak_photos": sum(p["status"] == "weak" for p in per_photo),
+        "failed_photos": sum(p["status"] not in ("ok", "weak") for p in per_photo),
         "pairs": len(pairs),
         "protected_saved": sum(p["protected_saved"] for p in pairs),
         "protected_upload": sum(p["protected_upload"] for p in pairs),
@@ -248,6 +259,14 @@ def main() -> None:
         "max_face_lpips": max(face_lp) if face_lp else None,
         "median_seconds": statistics.median(p["seconds"] for p in ok) if ok else None,
         "median_steps": statistics.median(p["steps"] for p in ok) if ok else None,
+        # native resolution, on the written files (benchmarks.quality)
+        "median_face_lpips_native": quality_summary["median_face_lpips_alex_native"],
+        "max_face_lpips_native": quality_summary["max_face_lpips_alex_native"],
+        "median_whole_photo_lpips_native": quality_summary["median_whole_photo_lpips_native"],
+        "max_whole_photo_lpips_native": quality_summary["max_whole_photo_lpips_native"],
+        **{f"{m}_within_noise": quality_summary[f"{m}_within_noise"] for m in ("lpips_vgg", "ms_ssim", "haarpsi", "lpips_alex")},
+        "two_unoptimized_within_noise": quality_summary["two_unoptimized_within_noise"],
+        "quality": quality_summary,
     }
     for n, info in judge_info.items():
         # Each judge counts only the pairs it matched before protection (<judge>_pairs).
@@ -261,6 +280,7 @@ def main() -> None:
     data = {"name": args.name, "machine": machine(), "revision": git_rev(), "settings": settings.to_dict(), "summary": summary,
             "photos": per_photo, "pairs": pairs}
     rate = lambda k: f"{summary[k]}/{summary['pairs']} ({100 * summary[k] / max(1, summary['pairs']):.0f} %)"
+    f3 = lambda v: "n/a" if v is None else f"{v:.3f}"
     md = [f"# Protection on ../shared/data/faces ({args.name})", "",
           f"Machine: {data['machine']}. Revision {data['revision']}. Targets: {', '.join(settings.targets)}; "
           f"preset {settings.preset}, mode {settings.mode}, up to {settings.steps} steps; noise limit {settings.noise_limit}, "
@@ -274,13 +294,22 @@ def main() -> None:
             f"pairs it matched before protection: {info['pairs']}): no longer matched as written {info['protected_saved']}, "
             f"after JPEG 75 + 1080 px {info['protected_upload']}" for n, info in judge_info.items()],
           *([] if judge_info else ["- No held-out judge (every judge is a target, or --judges none)"]),
-          f"- Whole-photo LPIPS median {summary['median_lpips']:.3f}; face-crop LPIPS median {summary['median_face_lpips']:.3f}, "
-          f"max {summary['max_face_lpips']:.3f}",
-          f"- Seconds per photo median {summary['median_seconds']:.1f}; steps median {summary['median_steps']}", "",
-          md_table(["photo", "MP", "dlib dist. to original", "face LPIPS", "LPIPS", "steps", "s"],
-                   [[p["photo"], p.get("megapixels"), ", ".join(f"{d:.2f}" for d in p.get("dlib_distance_to_original", [])),
-                     ", ".join(f"{d:.3f}" for d in p.get("face_lpips", [])), p.get("lpips"), p.get("steps"), p.get("seconds")]
+          f"- Photos judged weak by the pipeline (kept and measured here): {summary['weak_photos']}; failed: {summary['failed_photos']}",
+          f"- As the pipeline reports them: whole-photo LPIPS median {f3(summary['median_lpips'])}; face-crop LPIPS median "
+          f"{f3(summary['median_face_lpips'])}, max {f3(summary['max_face_lpips'])}",
+          "- Seconds per photo median " + ("n/a" if summary["median_seconds"] is None else f"{summary['median_seconds']:.1f}")
+          + f"; steps median {summary['median_steps']}",
+          *summary_lines(quality_summary), "",
+          md_table(["photo", "status", "MP", "dlib dist. to original", "face LPIPS", "LPIPS", "native whole LPIPS", "steps", "s"],
+                   [[p["photo"], p["status"], p.get("megapixels"),
+                     ", ".join(f"{d:.2f}" for d in p.get("dlib_distance_to_original", [])),
+                     ", ".join(f"{d:.3f}" for d in p.get("face_lpips", [])), p.get("lpips"),
+                     None if p.get("whole_photo_lpips_native") is None else f"{p['whole_photo_lpips_native']:.4f}",
+                     p.get("steps"), p.get("seconds")]
                     for p in per_photo]), "",
+          "Quality of each face at native resolution, on the file as written (contact sheet: "
+          f"{args.name}_contact_sheet.jpg, every face at 100 %, before | after | |difference| x 8):", "",
+          *table_lines(quality, whole_photo_table=False), "",
           "Pairs (dlib distance from the protected photo to another photo of the same person; before = the original; "
           "then each judge's own distance, - where it found no face):", "",
           md_table(["protected", "reference", "before", "as written", "JPEG 75 + 1080 px",
@@ -293,8 +322,8 @@ def main() -> None:
     if sheet_rows:
         from benchmarks.common import RESULTS
 
-        contact_sheet(sheet_rows, RESULTS / f"{args.name}_contact_sheet.jpg")
-    print("\n".join(md[: 8 + max(1, len(judge_info))]))
+        native_contact_sheet(sheet_rows, RESULTS / f"{args.name}_contact_sheet.jpg")
+    print("\n".join(md[: next(i for i, line in enumerate(md) if line.startswith("|")) - 1]))  # the summary lines
 
 
 if __name__ == "__main__":

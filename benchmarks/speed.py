@@ -67,6 +67,14 @@ def _models_time(ev, targets, lpips) -> dict[str, float]:
     crops = [_crop(v.image, box).detach().clone().requires_grad_() for v, box in zip(scene.faces, ev.crop_boxes)]
     if crops:
         out["lpips (faces)"] = _time(lambda: sum(ref(c) for ref, c in zip(ev.face_lpips, crops)).backward())
+        # each step also judges every face through one random view (E-LPIPS): a quality measure, so
+        # it counts among the models
+        from ghostmesh_daemon.engine.losses import ViewDraw
+
+        view = ViewDraw(shift=(3, 3), flip=True, scale=0.75)  # the draws' mean scale
+        if ev.settings.lpips_views:
+            once = _time(lambda: sum(ref(c, view) for ref, c in zip(ev.face_lpips, crops)).backward())
+            out["lpips (faces, random views)"] = once * ev.settings.lpips_views
     return out
 
 

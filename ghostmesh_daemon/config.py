@@ -145,6 +145,17 @@ class Key:
         return f"{self.section}.{self.name}"
 
 
+def _preset_key(name: str, what: str, check: Callable[[Any], Any]) -> Key:
+    """An engine key whose default is the preset's when the presets set it (then it has no value of
+    its own and is written commented out, with the presets' values in its comment)."""
+    if all(name in values for values in PRESETS.values()):
+        per_preset = ", ".join(f"{values[name]:g} for {preset}" for preset, values in PRESETS.items())
+        return Key("engine", name, None, f"{what} (default: the preset's, {per_preset}).", check,
+                   example=PRESETS["stealth"][name])
+    default = getattr(EngineSettings(), name)
+    return Key("engine", name, default, f"{what}.", check)
+
+
 KEYS: tuple[Key, ...] = (
     Key("watcher", "settle_seconds", 2.0,
         "A new file is processed only after it has not changed for this long (and decodes).",
@@ -164,6 +175,10 @@ KEYS: tuple[Key, ...] = (
     Key("output", "raw_output", "jpeg",
         "Camera RAW files are protected into: \"jpeg\" (full quality) or \"tiff16\" (16-bit TIFF).",
         _choice("jpeg", "tiff16")),
+    Key("output", "keep_weak", False,
+        "Write a weak copy (one that did not reach every target's goal within the budgets) under the\n"
+        "protected name anyway; it is still recorded as weak. false = nothing unprotected is written.",
+        _bool),
     Key("output", "max_megapixels", 200.0,
         "Refuse photos larger than this (a guard against decompression bombs).", _number(1, 2000)),
     Key("engine", "preset", "stealth",
@@ -176,20 +191,15 @@ KEYS: tuple[Key, ...] = (
         "Weight of each target in the ensemble, e.g. [\"mobileface=0.5\"] (unnamed targets weigh 1; 0 = measured, not pushed).",
         _target_weights),
     Key("engine", "mode", "tanh", "How the noise is bounded: \"tanh\" or \"pgd\".", _choice("tanh", "pgd")),
-    Key("engine", "steps", None, "Optimizer steps per photo (default: the preset's, 120 for stealth).",
-        _number(1, 100000, integer=True), example=120),
-    Key("engine", "noise_limit", 0.05, "Largest change of any pixel value, as a fraction of full scale.",
-        _fraction),
-    Key("engine", "flow_limit", None,
-        "Largest warp, as a fraction of the image size (default: the preset's, 0.01 for stealth).",
-        _fraction, example=0.01),
-    Key("engine", "align_samples", None,
-        "Input diversity: each step also shows the face models each face re-aligned (scaled, turned,\n"
-        "shifted, mirrored) this many times at random; slower, transfers further (default: the\n"
-        "preset's, 0 for stealth, 2 for panic).",
-        _number(0, MAX_ALIGN_SAMPLES, integer=True), example=2),
-    Key("engine", "lpips_budget", 0.05, "Perceptual budget (LPIPS) for the whole photo.", _fraction),
-    Key("engine", "face_lpips_budget", 0.03, "Perceptual budget (LPIPS) for each face.", _fraction),
+    _preset_key("steps", "Optimizer steps per photo", _number(1, 100000, integer=True)),
+    _preset_key("noise_limit", "Largest change of any pixel value, as a fraction of full scale", _fraction),
+    _preset_key("flow_limit", "Largest warp, as a fraction of each face's size", _fraction),
+    _preset_key("align_samples",
+                "Input diversity: each step also shows the face models each face re-aligned (scaled, turned,\n"
+                "shifted, mirrored) this many times at random; slower, transfers further",
+                _number(0, MAX_ALIGN_SAMPLES, integer=True)),
+    _preset_key("lpips_budget", "Perceptual budget (LPIPS) for the whole photo, at its own resolution", _fraction),
+    _preset_key("face_lpips_budget", "Perceptual budget (LPIPS) for each face, at its own resolution", _fraction),
     Key("engine", "siglip_model", "google/siglip-base-patch16-384",
         "SigLIP model: a Hugging Face id (downloaded once) or a local folder; the so400m model\n"
         "(\"google/siglip-so400m-patch14-384\") is stronger and wants a GPU.", _string),
@@ -208,10 +218,13 @@ KEYS: tuple[Key, ...] = (
         _number(1, 24 * 365)),
     Key("retry", "max_attempts", 3, "A photo that fails is tried at most this many times in all.",
         _number(1, 100, integer=True)),
-    Key("retry", "weak_preset", "panic",
-        "A photo still matched by dlib after an upload-like JPEG 75 + 1080 px resize (\"weak\" in its\n"
-        "report) is protected once more with this preset; \"\" = keep the weak copy (it is reported).",
-        _choice("", *PRESETS)),
+    Key("retry", "weak_preset", "",
+        "A photo whose copy is weak (a target not reached, a perceptual budget exceeded, or dlib still\n"
+        "matching after an upload-like JPEG 75 + 1080 px resize; nothing is written) is protected once\n"
+        "more: \"\" = with the same preset, a different seed and twice the steps, within the same\n"
+        "visibility budgets; \"panic\" = with the panic preset, stronger but it may be visible;\n"
+        "\"off\" = no retry. A copy still weak after the retry is recorded as weak.",
+        _choice("", "off", *PRESETS)),
     Key("retry", "backoff_seconds", 60.0,
         "Wait before the first retry; each further retry waits four times longer.", _number(0, 86400)),
     Key("tray", "enabled", True, "Show a tray icon when a desktop is available.", _bool),

@@ -7,6 +7,7 @@ report entry says what went wrong, naming the file, and the caller carries on wi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -26,8 +27,10 @@ from .engine.losses import psnr, ssim
 from .errors import GhostMeshError, ModelUnavailable, PhotoError
 from .faces import detect_faces
 from .imaging import atomic_output, is_output, output_path, read_photo, write_photo
+from .imaging.atomic import temp_name
 from .report import ReportEntry, TargetResult
 from .targets import Target, create_target, list_targets
+from .verdict import apply_verdict
 from .weights import load_lpips
 
 log = logging.getLogger("ghostmesh")
@@ -37,6 +40,9 @@ UPLOAD_QUALITY = 75
 UPLOAD_LONG_SIDE = 1080
 
 Progress = Callable[[int, int], None]
+
+#: A photo without a face when every pushed target is a face model: nothing to protect, nothing written.
+NO_FACE_REASON = "no face found: nothing for the face recognizers to protect"
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -125,14 +131,21 @@ class Protector:
         strip_gps: bool = False,
         max_megapixels: float = 200.0,
         raw_output: str = "jpeg",
+        keep_weak: bool = False,
         progress: Progress | None = None,
         should_stop: Callable[[], bool] | None = None,
         settings: EngineSettings | None = None,
     ) -> ReportEntry:
-        """Protect ``src`` and write the copy; returns its report entry (status ok/failed/skipped).
+        """Protect ``src`` and write the copy; returns its report entry (ok/weak/failed/skipped).
+
+        The copy is written to a hidden temporary in the destination folder, measured there (decoded
+        again) and judged (:func:`~ghostmesh_daemon.verdict.weak_reasons`); only a copy judged ok
+        is renamed to the protected name (with ``in_place``: over ``src``). A weak copy is removed
+        and reported (``output`` is ``None``; with ``in_place`` the file stays as it was), unless
+        ``keep_weak``: the user asked for it, so it is published and the status stays ``weak``.
 
         ``settings`` overrides the engine settings for this photo only (the daemon's retry of a weak
-        photo with a stronger preset); the models stay the ones loaded.
+        photo); the models stay the ones loaded.
         """
         src = Path(src)
         started = time.perf_counter()
@@ -143,7 +156,7 @@ class Protector:
             return ReportEntry.skipped(src, "already a Ghost Mesh output", **common)
         try:
             return self._protect(src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, raw_output,
-                                 progress, should_stop, started, common, settings)
+                                 keep_weak, progress, should_stop, started, common, settings)
         except PhotoError as e:
             return ReportEntry.failed(e.path, e.reason, **common)
         except Exception as e:  # out of memory on a huge photo, a torch failure, a bug: the next photo goes on
@@ -152,41 +165,61 @@ class Protector:
             log.warning("processing %s failed", src, exc_info=not oom)
             return ReportEntry.failed(src, reason, **common)
 
-    def _protect(self, src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, raw_output, progress,
-                 should_stop, started, common, settings: EngineSettings) -> ReportEntry:
+    def _protect(self, src, dest, out_dir, in_place, suffix, strip_gps, max_megapixels, raw_output, keep_weak,
+                 progress, should_stop, started, common, settings: EngineSettings) -> ReportEntry:
         photo = read_photo(src, max_megapixels=max_megapixels, raw_output=raw_output)
-        if dest is None and not in_place:
-            dest = output_path(src, out_dir=out_dir, suffix=suffix, raw_output=raw_output)
-        x = _to_tensor(photo.rgb, self.device)
+        if in_place:
+            final = src
+        else:
+            final = Path(dest) if dest is not None else output_path(src, out_dir=out_dir, suffix=suffix,
+                                                                    raw_output=raw_output)
+            _check_destination(photo, final, suffix)  # before minutes of work, not after
         faces = detect_faces(_to_uint8(photo.rgb))
+        if not faces and not self._pushes_image(settings):
+            entry = ReportEntry.skipped(src, NO_FACE_REASON, **common)
+            entry.faces = 0
+            entry.seconds = round(time.perf_counter() - started, 3)
+            return entry
+        x = _to_tensor(photo.rgb, self.device)
         encoding = photo.jpeg_encoding()
         outcome = protect_image(x, faces, self.targets, self.lpips, settings, progress=progress,
                                 should_stop=should_stop, codec=JpegCodec.from_pillow(*encoding) if encoding else None)
         if outcome.interrupted:
             return ReportEntry.skipped(src, "stopped before it finished; nothing written", **common)
         protected = outcome.image[0].permute(1, 2, 0).cpu().numpy()
-        if in_place:
-            with atomic_output(src) as tmp:
-                notes = write_photo(photo, protected, Path(tmp), strip_gps=strip_gps)
-            written = src
-        else:
-            assert dest is not None
-            if not dest.parent.is_dir():
-                raise PhotoError(dest.parent, "output folder does not exist")
-            notes = write_photo(photo, protected, dest, strip_gps=strip_gps, overwrite_ours=True)
-            written = dest
-        entry = self._measure(photo.rgb, read_photo(written).rgb, faces, common, settings)
-        entry.input, entry.output = str(src), str(written)
+        candidate = temp_name(final)
+        try:
+            notes = write_photo(photo, protected, candidate, strip_gps=strip_gps)
+            entry = self._measure(photo.rgb, read_photo(candidate).rgb, faces, common, settings)
+            entry = apply_verdict(entry, settings)
+            publish = entry.status == "ok" or keep_weak
+            if publish:
+                _publish(candidate, final, replace=in_place, suffix=suffix)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(candidate)
+        entry.input = str(src)
+        entry.output = str(final) if publish else None
         entry.max_delta = round(outcome.max_delta, 5)
         entry.max_flow_px = round(outcome.max_flow_px, 3)
         entry.notes = notes
+        if entry.status == "weak":
+            entry.notes.append("weak: written at your request (keep_weak)" if publish else
+                               "weak: the file was left as it was" if in_place else "weak: nothing written")
         entry.seconds = round(time.perf_counter() - started, 3)
         entry.steps = outcome.steps
         return entry
 
+    def _pushes_image(self, settings: EngineSettings) -> bool:
+        """Whether a target that works on the whole photo (SigLIP) is pushed: it protects a photo
+        without faces; face targets alone have nothing to do there."""
+        return any(t.info.kind != "face" and settings.weight_of(t.name) > 0 for t in self.targets)
+
     def verify(self, original: Path, protected: Path, *, max_megapixels: float = 200.0) -> ReportEntry:
-        """The report's numbers for an existing pair of files (``ghostmesh verify``)."""
-        common = {"targets": self.target_names, "device": str(self.device), "warnings": list(self.warnings)}
+        """The report's numbers for an existing pair of files (``ghostmesh verify``), and the same
+        verdict ``protect`` gives: status ``weak`` with the reasons when the copy fails it."""
+        common = {"targets": self.target_names, "device": str(self.device), "preset": self.settings.preset,
+                  "mode": self.settings.mode, "limits": self.settings.limits(), "warnings": list(self.warnings)}
         try:
             a = read_photo(Path(original), max_megapixels=max_megapixels)
             b = read_photo(Path(protected), max_megapixels=max_megapixels)
@@ -198,35 +231,41 @@ class Protector:
         except PhotoError as e:
             return ReportEntry.failed(e.path, e.reason, **common)
         entry.input, entry.output = str(original), str(protected)
+        if not faces and not self._pushes_image(self.settings):
+            entry.status, entry.reason = "skipped", NO_FACE_REASON
+        else:
+            apply_verdict(entry, self.settings)
         entry.notes.append(f"largest pixel difference {float(np.abs(a.rgb - b.rgb).max()):.4f} "
                            "(noise and warp limits are only known to the optimizer)")
         return entry
 
     def _measure(self, original: np.ndarray, decoded: np.ndarray, faces, common, settings: EngineSettings) -> ReportEntry:
-        """Numbers for the report, measured on the file as written (decoded again), not on floats."""
+        """Numbers for the report, measured on the file as written (decoded again), not on floats.
+
+        Returns an ``ok`` entry with every figure; :func:`~ghostmesh_daemon.verdict.apply_verdict`
+        decides whether it is weak.
+        """
         x, y = _to_tensor(original, self.device), _to_tensor(decoded, self.device)
         ev = evaluate(x, y, faces, self.targets, self.lpips, settings)
+        kinds = {t.name: t.info.kind for t in self.targets}
         results = {
             name: TargetResult(name=name, cosine_before=o.cosine_before, cosine_after=o.cosine_after,
-                               distance_after=o.distance_after, goal=o.goal, protected=o.protected)
+                               distance_after=o.distance_after, goal=o.goal, protected=o.protected,
+                               kind=kinds.get(name, "face"))
             for name, o in ev.targets.items()
         }
         entry = ReportEntry(
             input="", output=None, status="ok", faces=len(faces), target_results=results,
             lpips=round(ev.lpips, 5), lpips_resolution=list(ev.lpips_resolution),
             face_lpips=[round(v, 5) for v in ev.face_lpips], ssim=round(ssim(x, y), 5), psnr=_finite(psnr(x, y)),
-            engine_version=ENGINE_VERSION, **common,
+            engine_version=ENGINE_VERSION, measured=dict(getattr(ev, "method", None) or {}), **common,
         )
         entry.face_dlib_distance = distances_to_original(_to_uint8(original), _to_uint8(decoded), list(faces))
-        if not faces and all(t.info.kind == "face" for t in self.targets):
-            entry.warnings.append("no face was found: the copy is written, but face targets had nothing to protect")
-        unprotected = [n for n, r in results.items() if not all(r.protected) and r.protected]
-        if unprotected:
-            entry.warnings.append(f"not every face/image reached its goal for: {', '.join(unprotected)}")
+        unpushed = [n for n, r in results.items() if settings.weight_of(n) <= 0 and not all(r.protected)]
+        if unpushed:
+            entry.warnings.append(f"not every face/image reached its goal for {', '.join(unpushed)} "
+                                  "(weight 0: measured, not pushed)")
         entry.robustness = self._after_upload(original, decoded, faces, settings)
-        entry.weak = entry.robustness["weak"]
-        if entry.weak:
-            entry.warnings.append("weak: after JPEG 75 + resize to 1080 px dlib still matches a face to the original")
         return entry
 
     def _after_upload(self, original: np.ndarray, decoded: np.ndarray, faces, settings: EngineSettings) -> dict:
@@ -257,6 +296,38 @@ class Protector:
             "dlib_same_person": [d is not None and d < MATCH_THRESHOLD for d in matched],
             "weak": any(d is not None and d < MATCH_THRESHOLD for d in matched),
         }
+
+
+def _check_destination(photo, final: Path, suffix: str) -> None:
+    """The protected name must be free or hold one of our outputs (which is replaced); never the
+    original, never a file of the user's."""
+    with contextlib.suppress(OSError):
+        if final.resolve() == Path(photo.path).resolve():
+            raise PhotoError(final, "refusing to overwrite the original")
+    if not final.parent.is_dir():
+        raise PhotoError(final.parent, "output folder does not exist")
+    _check_not_theirs(final, suffix)
+
+
+def _check_not_theirs(final: Path, suffix: str) -> None:
+    if final.is_symlink() or (final.exists() and not (is_output(final, suffix) or is_output(final))):
+        raise PhotoError(final, "already exists and is not a Ghost Mesh output; not overwritten")
+
+
+def _publish(candidate: Path, final: Path, *, replace: bool, suffix: str) -> None:
+    """Give the measured ``candidate`` the name ``final``, atomically. ``replace`` (in place): over
+    the file there. Otherwise only over one of our own outputs; a file that is not ours, even one
+    that appeared meanwhile, is never replaced."""
+    if not replace:
+        _check_not_theirs(final, suffix)
+        replace = final.exists()
+    try:
+        with atomic_output(final, replace=replace) as tmp:
+            os.replace(candidate, tmp)
+    except FileExistsError:
+        raise PhotoError(final, "appeared while writing and is not ours; not overwritten") from None
+    except OSError as e:
+        raise PhotoError(final, f"cannot write: {e.strerror or e}; no partial output left") from None
 
 
 def _finite(value: float) -> float | None:

@@ -13,7 +13,12 @@ from typing import Any, Literal
 
 from . import ENGINE_VERSION
 
-Status = Literal["ok", "failed", "skipped"]
+#: ``ok``: protected within its budgets, written. ``weak``: measured on the written candidate, some
+#: target with a weight was not reached, a perceptual budget was exceeded, or dlib still matches
+#: after an upload-like recompression (``reason`` says which); the copy is not published under the
+#: protected name unless the user asked for it (``keep_weak``). ``failed``: an error (the reason
+#: names it). ``skipped``: nothing to do (already an output, no face for face-only targets, stopped).
+Status = Literal["ok", "weak", "failed", "skipped"]
 
 
 @dataclass
@@ -26,6 +31,8 @@ class TargetResult:
     distance_after: list[float]
     goal: float
     protected: list[bool]
+    #: ``face`` (one row per face) or ``image`` (one row for the whole photo).
+    kind: str = "face"
 
 
 @dataclass
@@ -55,8 +62,11 @@ class ReportEntry:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     robustness: dict[str, Any] | None = None
-    #: Not protected after an upload-like JPEG 75 + 1080 px (dlib still matches): see ``robustness``.
+    #: True when the copy failed the verdict (status ``weak``, the reasons in ``reason``); the
+    #: upload-like check alone is ``robustness["weak"]``.
     weak: bool | None = None
+    #: How each figure was measured, as the engine states it (e.g. ``"lpips": "native, tiled 1024 px"``).
+    measured: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

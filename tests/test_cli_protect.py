@@ -17,6 +17,7 @@ from PIL import Image
 
 from ghostmesh_daemon.cli import main
 from ghostmesh_daemon.cli.env import Env, ExitStatus
+from ghostmesh_daemon.engine import settings_for
 
 from conftest import shared_data
 
@@ -52,71 +53,144 @@ def photos(tmp_path) -> Path:
 def test_protect_writes_copies_and_a_full_report(photos, tmp_path):
     before = {p.name: sha(p) for p in photos.iterdir()}
     report = tmp_path / "report.json"
-    code, out, err = run_cli("protect", str(photos / "face.jpg"), str(photos / "sky.jpg"), "--report", str(report), *FAST)
-    assert code == ExitStatus.OK, err
+    # Two steps cannot protect a face (the copy is weak); --keep-weak writes it anyway so this test
+    # can check the report's fields and the metadata on a written copy.
+    code, out, err = run_cli("protect", str(photos / "face.jpg"), str(photos / "sky.jpg"), "--report", str(report),
+                             "--keep-weak", *FAST)
+    assert code == ExitStatus.ERROR, err  # a weak photo, even kept, is not a success
     assert {p.name: sha(p) for p in photos.iterdir() if p.name in before} == before  # originals untouched
-    assert (photos / "face.ghost.jpg").exists() and (photos / "sky.ghost.jpg").exists()
+    assert (photos / "face.ghost.jpg").exists() and not (photos / "sky.ghost.jpg").exists()
     entries = json.loads(report.read_text())
-    assert [e["status"] for e in entries] == ["ok", "ok"]
+    assert [e["status"] for e in entries] == ["weak", "skipped"]
     face = entries[0]
     for key in ("input", "output", "status", "reason", "targets", "target_results", "face_dlib_distance", "lpips",
                 "lpips_resolution", "ssim", "psnr", "max_delta", "max_flow_px", "steps", "seconds", "device",
-                "engine_version", "preset", "limits", "face_lpips"):
+                "engine_version", "preset", "limits", "face_lpips", "measured", "weak"):
         assert key in face, key
     assert face["targets"] == ["face"] and face["faces"] == 1
+    assert face["output"] == str(photos / "face.ghost.jpg")
     r = face["target_results"]["face"]
     assert len(r["cosine_before"]) == len(r["cosine_after"]) == 1 and r["cosine_after"][0] < r["cosine_before"][0]
+    assert r["kind"] == "face" and r["protected"] == [False]
     assert len(face["face_dlib_distance"]) == 1 and face["face_dlib_distance"][0] > 0
-    assert face["limits"] == {"noise_limit": 0.05, "flow_limit": 0.01, "lpips_budget": 0.05, "face_lpips_budget": 0.03}
-    assert 0 < face["max_delta"] <= 0.05 and face["psnr"] > 25 and face["ssim"] > 0.8
-    assert entries[1]["psnr"] is None or entries[1]["psnr"] > 40  # nothing to protect: pixels kept
+    assert face["limits"] == settings_for("stealth").limits()  # every limit, from the one place that sets them
+    assert 0 < face["max_delta"] <= face["limits"]["noise_limit"] and face["psnr"] > 25 and face["ssim"] > 0.8
     rob = face["robustness"]
     assert rob["transform"] == "JPEG 75, long side 1080 px" and len(rob["face_dlib_distance"]) == 1
-    assert face["weak"] is True  # two steps cannot protect: dlib still matches after an upload
+    assert face["weak"] is True and "face 1 not protected against face (distance " in face["reason"]
     assert "face" in rob["targets"]
     sky = entries[1]
-    assert sky["faces"] == 0 and any("no face" in w for w in sky["warnings"])
+    assert sky["faces"] == 0 and sky["output"] is None
+    assert sky["reason"] == "no face found: nothing for the face recognizers to protect"
     # EXIF carried over
     exif = piexif.load(str(photos / "face.ghost.jpg"))
     assert exif["0th"][piexif.ImageIFD.Model] == b"Canon EOS 40D"
-    assert "face.jpg -> " in out
+    assert f"{photos / 'face.jpg'} -> {photos / 'face.ghost.jpg'}: weak (kept at your request): face 1 not protected" in err
+    assert f"{photos / 'sky.jpg'}: skipped: no face found" in out
+
+
+def test_a_photo_whose_budget_cannot_be_met_is_never_written_as_ok(photos, tmp_path):
+    """One step cannot reach dlib's goal: the photo is weak, nothing is written under the protected
+    name, the exit status is 1 and the line on stderr names the file and the target not reached."""
+    report = tmp_path / "report.json"
+    code, out, err = run_cli("protect", str(photos / "face.jpg"), "--steps", "1", "--targets", "face",
+                             "--report", str(report))
+    assert code == ExitStatus.ERROR
+    assert not (photos / "face.ghost.jpg").exists()
+    assert not [p for p in photos.iterdir() if p.name.startswith(".")]  # the measured candidate is gone
+    (line,) = [ln for ln in err.splitlines() if "weak" in ln]
+    assert line.startswith(f"{photos / 'face.jpg'}: weak: face 1 not protected against face (distance ")
+    assert line.endswith("(not written; --keep-weak writes it anyway)")
+    assert out == ""
+    (entry,) = json.loads(report.read_text())
+    assert entry["status"] == "weak" and entry["output"] is None and entry["weak"] is True
+    assert entry["reason"] in line and entry["target_results"]["face"]["protected"] == [False]
+
+    code, out, err = run_cli("protect", str(photos / "face.jpg"), "--steps", "1", "--targets", "face",
+                             "--keep-weak", "--report", str(report))
+    assert code == ExitStatus.ERROR
+    assert (photos / "face.ghost.jpg").exists()
+    (entry,) = json.loads(report.read_text())
+    assert entry["status"] == "weak" and entry["output"] == str(photos / "face.ghost.jpg")
+    assert "weak (kept at your request): face 1 not protected against face" in err
+
+
+def test_no_face_with_face_only_targets_is_skipped_and_nothing_is_written(photos, tmp_path):
+    # A real camera photo without a face (scaled down), and a flat synthetic one.
+    with Image.open(shared_data("exif", "jpg", "Canon_40D.jpg")) as im:
+        im.thumbnail((400, 400))
+        im.save(photos / "camera.jpg", quality=90)
+    report = tmp_path / "report.json"
+    code, out, err = run_cli("protect", str(photos / "camera.jpg"), str(photos / "sky.jpg"), "--report", str(report), *FAST)
+    assert code == ExitStatus.OK, err  # nothing to protect is not an error
+    entries = json.loads(report.read_text())
+    assert [(e["status"], e["output"], e["faces"]) for e in entries] == [("skipped", None, 0)] * 2
+    assert all(e["reason"] == "no face found: nothing for the face recognizers to protect" for e in entries)
+    assert not list(photos.glob("*.ghost.*"))
+    assert f"{photos / 'sky.jpg'}: skipped: no face found: nothing for the face recognizers to protect" in out
 
 
 def test_bad_file_fails_by_name_and_the_rest_go_on(photos):
-    code, out, err = run_cli("protect", str(photos / "broken.jpg"), str(photos / "sky.jpg"), *FAST)
+    code, out, err = run_cli("protect", str(photos / "broken.jpg"), str(photos / "face.jpg"), "--keep-weak", *FAST)
     assert code == ExitStatus.ERROR
     assert "broken.jpg" in err and "Traceback" not in err
-    assert (photos / "sky.ghost.jpg").exists()
+    assert (photos / "face.ghost.jpg").exists()
     assert not list(photos.glob("broken.ghost*"))
 
 
 def test_outputs_are_skipped_and_folders_are_walked(photos, tmp_path):
     (photos / "broken.jpg").unlink()
-    code, _, err = run_cli("protect", str(photos), *FAST)
-    assert code == ExitStatus.OK, err
-    first = sha(photos / "sky.ghost.jpg")
-    code, out, err = run_cli("protect", str(photos / "sky.ghost.jpg"), *FAST)
-    assert code == ExitStatus.OK and "skipped" in out
-    assert sha(photos / "sky.ghost.jpg") == first
-    assert not (photos / "sky.ghost.ghost.jpg").exists()
+    code, out, err = run_cli("protect", str(photos), "--keep-weak", *FAST)  # --keep-weak: an output to skip
+    assert code == ExitStatus.ERROR, err  # the face is weak (two steps)
+    assert "face.jpg -> " in err and "sky.jpg: skipped" in out
+    first = sha(photos / "face.ghost.jpg")
+    code, out, err = run_cli("protect", str(photos / "face.ghost.jpg"), *FAST)
+    assert code == ExitStatus.OK and "skipped: already a Ghost Mesh output" in out
+    assert sha(photos / "face.ghost.jpg") == first
+    assert not (photos / "face.ghost.ghost.jpg").exists()
 
 
 def test_out_dir(photos, tmp_path):
     dest = tmp_path / "out"
     dest.mkdir()
-    code, _, err = run_cli("protect", str(photos / "sky.jpg"), "--out-dir", str(dest), *FAST)
-    assert code == ExitStatus.OK, err
-    assert (dest / "sky.ghost.jpg").exists() and not (photos / "sky.ghost.jpg").exists()
+    code, _, err = run_cli("protect", str(photos / "face.jpg"), "--out-dir", str(dest), "--keep-weak", *FAST)
+    assert code == ExitStatus.ERROR, err  # weak, written because asked
+    assert (dest / "face.ghost.jpg").exists() and not (photos / "face.ghost.jpg").exists()
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+
+
+def test_a_link_at_the_protected_name_is_never_replaced(photos, tmp_path):
+    elsewhere = tmp_path / "elsewhere.jpg"
+    elsewhere.write_bytes(b"someone else's file")
+    (photos / "face.ghost.jpg").symlink_to(elsewhere)
+    code, _, err = run_cli("protect", str(photos / "face.jpg"), "--keep-weak", *FAST)
+    assert code == ExitStatus.ERROR and "not a Ghost Mesh output" in err
+    assert elsewhere.read_bytes() == b"someone else's file" and (photos / "face.ghost.jpg").is_symlink()
+    assert not [p for p in photos.iterdir() if p.name.startswith(".")]
 
 
 def test_in_place_replaces_the_export_keeping_exif(photos):
     target = photos / "face.jpg"
     before = sha(target)
-    code, _, err = run_cli("protect", "--in-place", str(target), *FAST)
-    assert code == ExitStatus.OK, err
+    # --keep-weak: two steps give a weak copy; this test is about replacing the file and keeping EXIF.
+    code, _, err = run_cli("protect", "--in-place", "--keep-weak", str(target), *FAST)
+    assert code == ExitStatus.ERROR, err
     assert sha(target) != before
     assert piexif.load(str(target))["0th"][piexif.ImageIFD.Make] == b"Canon"
     assert not [p for p in photos.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    assert err.rstrip().splitlines()[-1].startswith(f"{target} -> {target}: weak (kept at your request): ")
+
+
+def test_in_place_weak_leaves_the_input_byte_identical(photos):
+    target = photos / "face.jpg"
+    before = target.read_bytes()
+    code, out, err = run_cli("protect", "--in-place", str(target), "--steps", "1", "--targets", "face")
+    assert code == ExitStatus.ERROR
+    assert target.read_bytes() == before
+    assert not [p for p in photos.iterdir() if p.name.startswith(".")]
+    last = err.rstrip().splitlines()[-1]  # the editor plugins show the last line
+    assert last.startswith(f"{target}: weak: face 1 not protected against face (distance ")
+    assert last.endswith("(left unchanged; --keep-weak replaces it anyway)")
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -163,13 +237,15 @@ def test_auto_targets_warn_loudly_when_siglip_is_missing(photos, monkeypatch, tm
     assert "siglip" not in entry["targets"] and any("siglip" in w for w in entry["warnings"])
 
 
-def test_verify_gives_the_report_numbers(photos):
-    code, _, err = run_cli("protect", str(photos / "face.jpg"), *FAST)
-    assert code == 0, err
+def test_verify_gives_the_report_numbers_and_the_same_verdict(photos):
+    code, _, err = run_cli("protect", str(photos / "face.jpg"), "--keep-weak", *FAST)
+    assert (photos / "face.ghost.jpg").exists(), err
     code, out, err = run_cli("verify", str(photos / "face.jpg"), str(photos / "face.ghost.jpg"), "--targets", "face")
-    assert code == ExitStatus.OK, err
+    assert code == ExitStatus.ERROR, err  # the pair fails the verdict: weak
     entry = json.loads(out)
-    assert entry["status"] == "ok" and entry["faces"] == 1
+    assert entry["status"] == "weak" and entry["faces"] == 1 and entry["weak"] is True
+    assert entry["reason"].startswith("face 1 not protected against face (distance ")
+    assert f"{photos / 'face.ghost.jpg'}: weak: face 1 not protected against face" in err
     assert entry["target_results"]["face"]["distance_after"][0] > 0
     code, out, err = run_cli("verify", str(photos / "face.jpg"), str(photos / "sky.jpg"), "--targets", "face")
     assert code == ExitStatus.ERROR and "differs" in err

@@ -18,6 +18,7 @@ from ghostmesh_daemon.config import (
     load_config,
     parse_config,
 )
+from ghostmesh_daemon.engine.settings import PRESETS
 from ghostmesh_daemon.errors import ConfigError, UsageError
 
 
@@ -54,17 +55,31 @@ def test_every_key_is_in_the_file_with_a_comment_above_it():
 
 
 def test_engine_keys_map_to_engine_settings_with_the_preset_underneath():
+    stealth, panic_values = PRESETS["stealth"], PRESETS["panic"]
     default = parse_config({}).engine_settings()
-    assert (default.preset, default.steps, default.flow_limit) == ("stealth", 120, 0.01)
+    assert (default.preset, default.steps, default.flow_limit) == ("stealth", stealth["steps"], stealth["flow_limit"])
     panic = parse_config({"engine": {"preset": "panic"}}).engine_settings()
-    assert (panic.steps, panic.flow_limit, panic.vertical_weight, panic.align_samples) == (200, 0.03, 0.0, 2)
-    assert default.align_samples == 0
+    assert (panic.steps, panic.flow_limit, panic.vertical_weight, panic.align_samples) == (
+        panic_values["steps"], panic_values["flow_limit"], panic_values["vertical_weight"], panic_values["align_samples"])
+    assert default.align_samples == stealth["align_samples"]
     mine = parse_config({"engine": {"preset": "panic", "steps": 7, "targets": ["siglip"], "seed": 3, "align_samples": 1}})
     s = mine.engine_settings()
-    assert (s.steps, s.targets, s.seed, s.flow_limit, s.align_samples) == (7, ("siglip",), 3, 0.03, 1)
+    assert (s.steps, s.targets, s.seed, s.flow_limit, s.align_samples) == (7, ("siglip",), 3, panic_values["flow_limit"], 1)
     # the command line beats the file
     assert mine.engine_settings({"steps": 2, "preset": "stealth"}).steps == 2
-    assert mine.engine_settings({"preset": "stealth"}).flow_limit == 0.01
+    assert mine.engine_settings({"preset": "stealth"}).flow_limit == stealth["flow_limit"]
+    # a key the presets set has no default of its own: an unset key keeps the preset's value
+    assert parse_config({})["engine.flow_limit"] is None
+    assert parse_config({"engine": {"flow_limit": 0.5}}).engine_settings({"preset": "panic"}).flow_limit == 0.5
+
+
+def test_weak_photo_keys():
+    assert parse_config({})["retry.weak_preset"] == "" and parse_config({})["output.keep_weak"] is False
+    assert parse_config({"retry": {"weak_preset": "off"}})["retry.weak_preset"] == "off"
+    text = default_config_text()
+    assert "keep_weak = false" in text and 'weak_preset = ""' in text and "may be visible" in text
+    with pytest.raises(ConfigError, match="retry.weak_preset"):
+        parse_config({"retry": {"weak_preset": "loud"}})
 
 
 @pytest.mark.parametrize(
@@ -138,8 +153,8 @@ def test_engine_options_are_shared_with_the_command_line():
     assert engine_overrides_from_args(args) == {
         "preset": "panic", "steps": 2, "targets": ("siglip", "face"), "device": "cuda:1"}
     s = engine_settings_from_args(args, base={"seed": 5, "steps": 50})
-    assert (s.preset, s.steps, s.seed, s.flow_limit) == ("panic", 2, 5, 0.03)
-    assert engine_settings_from_args(parser.parse_args([])).steps == 120
+    assert (s.preset, s.steps, s.seed, s.flow_limit) == ("panic", 2, 5, PRESETS["panic"]["flow_limit"])
+    assert engine_settings_from_args(parser.parse_args([])).steps == PRESETS["stealth"]["steps"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--noise-limit", "2"])
     with pytest.raises(UsageError):

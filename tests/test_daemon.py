@@ -402,6 +402,84 @@ def test_failed_photo_is_retried_with_backoff_then_left_failed_with_its_reason(m
     assert "cannot decode" in s["last_failures"][0]["reason"] and s["last_failures"][0]["path"] == str(bad)
 
 
+class WeakProcess(SmallProcess):
+    """Reports every photo weak (its copy missed a goal within the budget) and writes nothing, as
+    the real processor does after its one retry; counts its calls."""
+
+    def __call__(self, src: Path, *, should_stop, progress) -> ReportEntry:
+        self.calls.append(src)
+        return ReportEntry(input=str(src), output=None, status="weak", weak=True,
+                           reason="face 1 not protected against face (distance 0.40 of goal 1.00)")
+
+
+def test_weak_photo_is_recorded_weak_shown_in_status_and_not_retried(make_controller, tmp_path):
+    from ghostmesh_daemon.cli.control import format_status
+    from ghostmesh_daemon.daemon.tray import status_line
+
+    proc = WeakProcess()
+    c = make_controller(proc, max_attempts=3, backoff_seconds=0.2)
+    weak = write_photo(tmp_path / "watch" / "weak.jpg", 1)
+    summaries: list[dict] = []
+    c.add_listener(summaries.append)
+    c.arrived_file(weak)
+    s = wait_for(lambda: (st := c.status())["counts"]["weak"] == 1 and st["current"] is None and st)
+    time.sleep(0.8)  # well past the backoff: a weak photo is final, like a done one
+    assert proc.calls == [weak] and not output_path(weak).exists()
+    (row,) = ledger_rows(tmp_path / "ledger.sqlite3")
+    assert row == (str(weak), "weak", 1, "face 1 not protected against face (distance 0.40 of goal 1.00)", None)
+    assert s["counts"]["done"] == 0 and s["counts"]["failed"] == 0 and s["weak"] == 1
+    (last,) = s["last_failures"]
+    assert last["state"] == "weak" and last["path"] == str(weak) and "not protected against face" in last["reason"]
+    assert s["state"] == "error" and s["last_problem"] == "weak"
+    text = format_status(s)
+    assert "0 protected, 1 weak (not protected), 0 failed" in text
+    assert f"weak:     {weak}: face 1 not protected against face (distance 0.40 of goal 1.00)" in text
+    assert status_line(summaries[-1]) == "Last photo was not protected (weak): 0 protected, 1 weak (not protected), 0 waiting"
+
+    # The same content again (a rescan, a copy): not redone. A changed file is a new photo.
+    copy = tmp_path / "watch" / "copy.jpg"
+    copy.write_bytes(weak.read_bytes())
+    c.arrived_file(copy)
+    time.sleep(0.4)
+    assert proc.calls == [weak]
+    weak.write_bytes(jpeg_bytes(5))
+    c.arrived_file(weak)
+    wait_for(lambda: c.status()["counts"]["weak"] == 2)
+    assert proc.calls == [weak, weak]
+
+
+def test_ledger_schema_1_is_migrated_keeping_every_row(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE photos (hash TEXT PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'processing', 'done', 'failed', 'skipped')),
+            attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, output TEXT, engine_version TEXT, report TEXT,
+            queued_at REAL NOT NULL, next_attempt REAL, created REAL NOT NULL, updated REAL NOT NULL);
+        CREATE INDEX photos_queue ON photos (state, queued_at);
+        CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, hash TEXT NOT NULL);
+        INSERT INTO photos VALUES ('h1', '/x/a.jpg', 10, 1, 'done', 1, NULL, '/x/a.ghost.jpg', '1', NULL, 1, NULL, 1, 1);
+        INSERT INTO photos VALUES ('h2', '/x/b.jpg', 10, 1, 'pending', 0, NULL, NULL, NULL, NULL, 2, NULL, 2, 2);
+        INSERT INTO files VALUES ('/x/a.jpg', 10, 1, 'h1');
+        PRAGMA user_version = 1;
+    """)
+    con.close()
+    led = Ledger(db)
+    try:
+        assert led._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert led.photo("h1").state == "done" and led.photo("h1").output == "/x/a.ghost.jpg"
+        assert led.known_hash("/x/a.jpg", 10, 1) == "h1"
+        led.mark_processing("h2")
+        led.mark_weak("h2", None, "1", "face 1 not protected against face")
+        assert led.photo("h2").state == "weak" and led.counts()["weak"] == 1
+        assert led.recent_failures()[0]["state"] == "weak"
+        assert led.next_pending() is None
+    finally:
+        led.close()
+    Ledger(db).close()  # opening it again changes nothing
+
+
 def test_stop_abandons_the_current_photo_cleanly_and_it_is_redone_later(make_controller, tmp_path):
     slow = SmallProcess(delay=30, steps=300)
     c = make_controller(slow)

@@ -2,6 +2,11 @@
 folders, XDG folders pointed at temporary ones. Photos are real (../shared/data, scaled down so
 `--steps 2` keeps each one to a second or two on a CPU).
 
+Two steps cannot protect a face: every photo comes back weak. These tests are about the daemon's
+plumbing, so their config keeps weak copies (`output.keep_weak = true`, so there are outputs to
+check) and does not retry them (`retry.weak_preset = "off"`, the retry is tested in
+test_daemon_weak_retry.py); a photo is finished when the ledger says done or weak.
+
 Daemon starts are the expensive part (models load once per process), so each test drives one
 daemon through several of the issue's scenarios in a row.
 """
@@ -73,8 +78,8 @@ class Daemon:
         self.config = tmp / "ghostmesh.toml"
         if not self.config.exists():
             self.config.write_text(
-                "[watcher]\nsettle_seconds = 0.5\n[retry]\nmax_attempts = 3\nbackoff_seconds = 600\n[engine]\ndevice = \"cpu\"\n"
-                "[schedule]\nrescan_minutes = 60\n"
+                "[watcher]\nsettle_seconds = 0.5\n[retry]\nmax_attempts = 3\nbackoff_seconds = 600\nweak_preset = \"off\"\n"
+                "[output]\nkeep_weak = true\n[engine]\ndevice = \"cpu\"\n[schedule]\nrescan_minutes = 60\n"
             )
         self.args = ["run", "--config", str(self.config), "--watch", str(watch), "--steps", str(steps), *extra]
         self.socket = tmp / "run" / "ghostmesh" / "control.sock"
@@ -125,7 +130,7 @@ class Daemon:
         raise AssertionError(f"timed out waiting for {what}; last status {json.dumps(s, indent=1)}\n{self.stderr()}")
 
     def wait_done(self, n: int, timeout: float = 90.0) -> dict:
-        return self.wait(lambda s: s["counts"]["done"] >= n and s["current"] is None, timeout, f"{n} done")
+        return self.wait(lambda s: finished(s) >= n and s["current"] is None, timeout, f"{n} done")
 
     def terminate(self, timeout: float = 10.0) -> float:
         """SIGTERM; returns how long the process took to exit."""
@@ -158,6 +163,11 @@ class Daemon:
             if m and m.group(2) == str(path):
                 times.append(dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp())
         return times
+
+
+def finished(status: dict) -> int:
+    """Photos the daemon is through with: protected (done) or weak (kept here: output.keep_weak)."""
+    return status["counts"]["done"] + status["counts"]["weak"]
 
 
 @pytest.fixture
@@ -199,7 +209,7 @@ def test_daemon_end_to_end(tmp_path, watch):
     d.wait_done(2)
     starts = d.processing_started(slow)
     assert len(starts) == 1 and starts[0] >= written - 0.01, (starts, written)
-    assert d.rows()[str(slow)][:2] == ("done", 1)
+    assert d.rows()[str(slow)][:2] == ("weak", 1)  # two steps: weak, kept by the config
 
     # A .part file renamed into place, in a nested folder created just now.
     nested = watch / "2024" / "06" / "trip"
@@ -207,7 +217,7 @@ def test_daemon_end_to_end(tmp_path, watch):
     part = nested / "IMG_0001.jpg.part"
     part.write_bytes(photo_bytes(2))
     time.sleep(1.2)
-    assert d.status()["counts"]["done"] == 2, "a .part file was processed"
+    assert finished(d.status()) == 2, "a .part file was processed"
     final = part.with_name("IMG_0001.jpg")
     part.rename(final)
     d.wait_done(3)
@@ -218,9 +228,10 @@ def test_daemon_end_to_end(tmp_path, watch):
     bad.write_bytes(photo_bytes(3)[:2000])
     after_bad = watch / "after-broken.jpg"
     after_bad.write_bytes(photo_bytes(4))
-    s = d.wait(lambda s: s["counts"]["failed"] == 1 and s["counts"]["done"] == 4, 90, "corrupt failed, next done")
-    (failure,) = s["last_failures"]
+    s = d.wait(lambda s: s["counts"]["failed"] == 1 and finished(s) == 4, 90, "corrupt failed, next done")
+    (failure,) = [f for f in s["last_failures"] if f["state"] == "failed"]
     assert failure["path"] == str(bad) and failure["reason"]
+    assert {f["state"] for f in s["last_failures"]} == {"failed", "weak"}  # weak photos are listed too
     assert not output_path(bad).exists()
     _assert_protected(after_bad)
 
@@ -232,10 +243,11 @@ def test_daemon_end_to_end(tmp_path, watch):
     d.wait(lambda s: s["queue"] == 1, 20, "held photo queued")
     time.sleep(1.0)
     s = d.status()
-    assert s["state"] == "paused" and s["counts"]["done"] == 4 and not output_path(held).exists()
+    assert s["state"] == "paused" and finished(s) == 4 and not output_path(held).exists()
     r = d.cli("status")
     assert r.returncode == 0 and "state:    paused (user)" in r.stdout and "queue:    1 waiting" in r.stdout
     assert "broken.jpg" in r.stdout  # the last failure and its reason
+    assert "4 weak (not protected)" in r.stdout and "weak:     " in r.stdout
     r = d.cli("resume")
     assert r.returncode == 0 and "resumed" in r.stdout
     d.wait_done(5)
@@ -262,7 +274,7 @@ def test_daemon_end_to_end(tmp_path, watch):
     d2.wait_done(6)
     _assert_protected(late)
     time.sleep(1.0)
-    assert d2.status()["counts"]["done"] == 6
+    assert finished(d2.status()) == 6
     log = d2.log.read_text()
     assert log.count("INFO processing ") == 7  # 5 + 1 corrupt + 1 new: nothing redone after the restart
     assert not output_path(watch / "before-start-renamed.jpg").exists()  # same content: not redone
@@ -296,7 +308,7 @@ def test_sigterm_and_kill_during_processing_leave_no_half_file(tmp_path, watch):
     d.wait_done(1)
     _assert_protected(photo)
     assert "recovered 1 photo(s)" in d.log.read_text()
-    assert d.rows()[str(photo)][0] == "done"
+    assert d.rows()[str(photo)][0] == "weak"
     d.terminate()
 
 
@@ -311,10 +323,12 @@ def test_tray_in_the_real_daemon_under_xvfb(tmp_path, watch):
             wid = host.wait_for_dock()
             (watch / "a.jpg").write_bytes(photo_bytes(8))
             d.wait_done(1)
+            # Two steps: the photo is weak, and the tray says so.
+            expected = "Ghost Mesh: Last photo was not protected (weak): 0 protected, 1 weak (not protected), 0 waiting"
             deadline = time.monotonic() + 10
-            while "Idle: 1 protected" not in host.title(wid) and time.monotonic() < deadline:
+            while host.title(wid) != expected and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert host.title(wid) == "Ghost Mesh: Idle: 1 protected"
+            assert host.title(wid) == expected
             host.click(wid)  # a left click toggles Paused
             d.wait(lambda s: s["pause_reasons"] == ["user"], 10, "paused from the tray")
             deadline = time.monotonic() + 10

@@ -11,7 +11,7 @@ from typing import Any
 from .env import Env, ExitStatus
 
 HELP = {
-    "status": "show what the daemon is doing: queue, current photo, counts, recent failures",
+    "status": "show what the daemon is doing: queue, current photo, counts, recent failures and weak photos",
     "pause": "hold new photos (the current one finishes); nothing is lost",
     "resume": "process held photos again",
 }
@@ -61,12 +61,16 @@ def format_status(s: dict[str, Any], cmd: str = "status") -> str:
         lines.append(f"current:  {cur['path']}{prog} ({cur['seconds']:.0f} s)")
     c = s["counts"]
     lines.append(f"queue:    {s['queue']} waiting" + (" (scanning)" if s.get("scanning") else ""))
-    lines.append(f"done:     {c['done']} protected, {c['failed']} failed, {c['skipped']} skipped")
+    lines.append(f"done:     {c['done']} protected, {c.get('weak', 0)} weak (not protected), {c['failed']} failed, "
+                 f"{c['skipped']} skipped")
     models = s.get("models") or {}
     if models:
         lines.append(f"models:   {', '.join(models.get('targets', []))} on {models.get('device', '?')}"
                      f" ({models.get('preset', '?')}, {models.get('steps', '?')} steps)")
     lines.append(f"watching: {', '.join(s['folders'])}")
     for f in s.get("last_failures") or []:
-        lines.append(f"failed:   {Path(f['path'])}: {f['reason']} (attempt {f['attempts']})")
+        if f.get("state") == "weak":
+            lines.append(f"weak:     {Path(f['path'])}: {f['reason']}")
+        else:
+            lines.append(f"failed:   {Path(f['path'])}: {f['reason']} (attempt {f['attempts']})")
     return "\n".join(lines) + "\n"

@@ -80,6 +80,13 @@ def _device(text: str) -> str:
     return text
 
 
+def _preset_default(name: str) -> str:
+    """``the preset's: 0.03 for stealth, 0.05 for panic`` or the one default, for help texts."""
+    if all(name in values for values in PRESETS.values()):
+        return "the preset's, " + ", ".join(f"{values[name]:g} for {preset}" for preset, values in PRESETS.items())
+    return f"{getattr(EngineSettings(), name):g}"
+
+
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """Add the engine options (all defaulting to ``None``: "keep the preset's or the file's value")."""
     g = parser.add_argument_group("engine options")
@@ -89,9 +96,12 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=("tanh", "pgd"), help="how the noise is bounded (default: tanh)")
     g.add_argument("--preset", choices=tuple(PRESETS), help="stealth (default) or panic (stronger, more visible)")
     g.add_argument("--steps", type=_positive_int, metavar="N", help="optimizer steps (default: the preset's)")
-    g.add_argument("--noise-limit", type=_fraction, metavar="F", help="max per-pixel noise (default: 0.05)")
-    g.add_argument("--flow-limit", type=_fraction, metavar="F", help="max warp, fraction of the image size")
-    g.add_argument("--lpips-budget", type=_fraction, metavar="F", help="perceptual budget (default: 0.05)")
+    g.add_argument("--noise-limit", type=_fraction, metavar="F",
+                   help=f"max per-pixel noise, fraction of full scale (default: {_preset_default('noise_limit')})")
+    g.add_argument("--flow-limit", type=_fraction, metavar="F",
+                   help=f"max warp, fraction of each face's size (default: {_preset_default('flow_limit')})")
+    g.add_argument("--lpips-budget", type=_fraction, metavar="F",
+                   help=f"perceptual budget for the whole photo (default: {_preset_default('lpips_budget')})")
     g.add_argument("--align-samples", type=_whole_number(0, MAX_ALIGN_SAMPLES), metavar="N",
                    help="re-aligned copies of each face the face models also see each step (default: the preset's, 0 or 2)")
     g.add_argument("--device", type=_device, metavar="DEV", help="auto, cpu, cuda[:N] or mps (default: auto)")

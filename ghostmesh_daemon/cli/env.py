@@ -10,7 +10,8 @@ from typing import Mapping, TextIO
 
 
 class ExitStatus(enum.IntEnum):
-    """``0`` all done, ``1`` some photo failed, ``2`` bad usage (design.md's contract)."""
+    """``0`` all done, ``1`` some photo failed or came back weak (not protected within its budget),
+    ``2`` bad usage (design.md's contract)."""
 
     OK = 0
     ERROR = 1

@@ -2,8 +2,11 @@
 
 Writes ``<stem>.ghost<ext>`` beside each original (or in ``--out-dir``), never touches an original,
 skips files that are already outputs, shows progress on a terminal, and exits 0 when every photo was
-done, 1 when some failed, 2 on bad usage. ``--in-place`` is for export hooks only: it replaces an
-exported file with its protected version, atomically.
+protected (or skipped: nothing to protect), 1 when some photo failed or came back weak, 2 on bad
+usage. A weak copy (a target not reached or a budget exceeded, measured on the written file) is not
+written under the protected name unless ``--keep-weak``. ``--in-place`` is for export hooks only: it
+replaces an exported file with its protected version, atomically, and leaves it as it was when the
+copy is weak.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "protect",
         help="protect photos now and write protected copies",
         description="Write a protected copy <name>.ghost<ext> beside each photo (folders are searched "
-        "recursively). Originals are never modified.",
+        "recursively). Originals are never modified. Each copy is measured as written: one that does not "
+        "reach every target's goal within the preset's perceptual budgets is 'weak' and is not written "
+        "(unless --keep-weak). Exit status: 0 when every photo was protected or skipped (e.g. no face "
+        "for face-only targets), 1 when any photo failed or was weak, 2 on bad usage.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="photos or folders")
     p.add_argument("--out-dir", type=Path, metavar="DIR", help="write the protected copies into DIR")
@@ -32,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--in-place", action="store_true",
                    help="replace FILE itself with its protected version (for editor export hooks)")
     p.add_argument("--force", action="store_true", help="with --in-place: allow files inside watched folders")
+    p.add_argument("--keep-weak", action="store_true",
+                   help="write a weak copy under the protected name anyway (with --in-place: replace the file); "
+                   "it is still reported weak and the exit status is still 1")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     add_engine_options(p)
     p.set_defaults(handler=run)
@@ -69,8 +78,14 @@ def _check_in_place(files: list[Path], force: bool) -> None:
                 )
 
 
-def summary_line(entry: ReportEntry) -> str:
+def summary_line(entry: ReportEntry, in_place: bool = False) -> str:
     """One line per photo for the terminal."""
+    if entry.status == "weak":
+        if entry.output:
+            return f"{entry.input} -> {entry.output}: weak (kept at your request): {entry.reason}"
+        hint = ("left unchanged; --keep-weak replaces it anyway" if in_place
+                else "not written; --keep-weak writes it anyway")
+        return f"{entry.input}: weak: {entry.reason} ({hint})"
     if entry.status != "ok":
         return f"{entry.input}: {entry.status}: {entry.reason}"
     parts = []
@@ -106,21 +121,31 @@ def run(args: argparse.Namespace, env: Env) -> ExitStatus:
             entries.append(ReportEntry.failed(f, "no such file"))
         else:
             entries.append(_protect_one(protector, f, args, env))
-        line = summary_line(entries[-1])
-        if entries[-1].status == "failed":
-            env.stderr.write(line + "\n")
-        elif not args.quiet:
-            env.stdout.write(line + "\n")
-        for w in entries[-1].warnings:
+        entry = entries[-1]
+        # Warnings first: the photo's own line is the last one (editor plugins show the last line).
+        for w in entry.warnings:
             if w not in protector.warnings:
-                env.stderr.write(f"{f}: {w}\n")
+                _write(env, env.stderr, f"{f}: {w}")
+        line = summary_line(entry, args.in_place)
+        if entry.status in ("failed", "weak"):
+            _write(env, env.stderr, line)
+        elif not args.quiet:
+            _write(env, env.stdout, line)
     if args.report:
         write_report(entries, args.report)
-    return ExitStatus.ERROR if any(e.status == "failed" for e in entries) else ExitStatus.OK
+    return ExitStatus.ERROR if any(e.status in ("failed", "weak") for e in entries) else ExitStatus.OK
+
+
+def _write(env: Env, stream, line: str) -> None:
+    """One line, flushed, so stdout and stderr keep their order when both go to one file."""
+    other = env.stdout if stream is env.stderr else env.stderr
+    other.flush()
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def _protect_one(protector, f: Path, args: argparse.Namespace, env: Env) -> ReportEntry:
-    kwargs = dict(out_dir=args.out_dir, in_place=args.in_place, strip_gps=args.strip_gps)
+    kwargs = dict(out_dir=args.out_dir, in_place=args.in_place, strip_gps=args.strip_gps, keep_weak=args.keep_weak)
     if not env.is_terminal or args.quiet:
         return protector.protect_file(f, **kwargs)
     from tqdm import tqdm

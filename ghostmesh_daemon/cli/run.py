@@ -47,16 +47,50 @@ def _config_from_args(args: argparse.Namespace) -> DaemonConfig:
     return config
 
 
+def retry_settings(current, weak_preset: str):
+    """The settings for the one retry of a weak photo, or ``None`` (``weak_preset = "off"``).
+
+    ``""`` (or the current preset's own name): the same preset, so the same visibility budgets, with
+    a different seed and twice the steps. Another preset's name (``"panic"``, an opt-in: it may be
+    visible): that preset's flow limit, penalty and steps, keeping whatever the user had set away
+    from the current preset's values, and a different seed too.
+    """
+    from dataclasses import replace
+
+    from ..engine.settings import PRESETS, settings_for
+
+    if weak_preset == "off":
+        return None
+    seed = (current.seed + 1) % 2**32
+    if not weak_preset or weak_preset == current.preset:
+        return replace(current, seed=seed, steps=current.steps * 2)
+    preset_keys = set(PRESETS[current.preset])
+    values = {k: v for k, v in current.to_dict().items()
+              if k != "preset" and not (k in preset_keys and v == PRESETS[current.preset][k])}
+    values["targets"] = tuple(values["targets"])
+    values["target_weights"] = tuple(current.target_weights)
+    values["seed"] = seed
+    return settings_for(weak_preset, **values)
+
+
+def describe_retry(current, retry) -> str:
+    """``the same stealth preset, seed 1 and 240 steps`` / ``the panic preset (may be visible), ...``."""
+    if retry.preset == current.preset:
+        return f"the same {retry.preset} preset, seed {retry.seed} and {retry.steps} steps"
+    return f"the {retry.preset} preset (may be visible), seed {retry.seed} and {retry.steps} steps"
+
+
 def make_processor(protector, config: DaemonConfig):
     """Bind ``Protector.protect_file`` to the daemon's output options.
 
-    A copy reported weak (dlib still matches it after an upload-like recompression) is protected
-    once more with ``retry.weak_preset``; the second report says which preset made the copy.
+    A weak photo (its copy did not reach every target's goal within the budgets; nothing was written)
+    is protected once more with :func:`retry_settings` (``retry.weak_preset``); that second report is
+    the one recorded, with a note saying what was retried. Still weak: nothing is written, unless
+    ``output.keep_weak``.
     """
-    from ..engine.settings import PRESETS, settings_for
-
     sub = config["output.subfolder"]
     weak_preset = config["retry.weak_preset"]
+    keep_weak = config["output.keep_weak"]
 
     def process(src: Path, *, should_stop, progress) -> ReportEntry:
         if sub:
@@ -70,22 +104,17 @@ def make_processor(protector, config: DaemonConfig):
             progress=progress,
             should_stop=should_stop,
         )
-        entry = protector.protect_file(src, **options)
-        if entry.status == "ok" and entry.weak and weak_preset and weak_preset != protector.settings.preset:
-            log.warning("%s: weak after an upload-like recompression; protecting again with the %s preset",
-                        src, weak_preset)
-            current = protector.settings
-            preset_keys = set(PRESETS[current.preset])
-            # Keep what the user chose; take the stronger preset's own flow limit, penalty and steps
-            # unless the user had set them away from the current preset's.
-            values = {k: v for k, v in current.to_dict().items()
-                      if k != "preset" and not (k in preset_keys and v == PRESETS[current.preset][k])}
-            values["targets"] = tuple(values["targets"])
-            stronger = protector.protect_file(src, settings=settings_for(weak_preset, **values), **options)
-            if stronger.status == "ok":
-                stronger.notes.append(f"retried with the {weak_preset} preset: the {protector.settings.preset} copy was weak")
-                return stronger
-        return entry
+        current = protector.settings
+        retry = retry_settings(current, weak_preset)
+        # With a retry to come, the first weak copy is never written: only the last attempt may keep one.
+        entry = protector.protect_file(src, keep_weak=keep_weak and retry is None, **options)
+        if entry.status != "weak" or retry is None:
+            return entry
+        what = describe_retry(current, retry)
+        log.warning("%s: weak (%s); protecting it once more with %s", src, entry.reason, what)
+        second = protector.protect_file(src, settings=retry, keep_weak=keep_weak, **options)
+        second.notes.append(f"retried once with {what}: the first copy was weak ({entry.reason})")
+        return second
 
     return process
 

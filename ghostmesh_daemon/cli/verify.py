@@ -13,7 +13,10 @@ from .env import Env, ExitStatus
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("verify", help="measure how protected a copy is (JSON on stdout)",
                               description="Compare a protected copy with its original and print the same "
-                              "numbers a protect report holds.")
+                              "numbers a protect report holds, with the same verdict: status 'weak' and the "
+                              "reasons when a target's goal is not reached or a perceptual budget is exceeded "
+                              "(judged with the engine options given here). Exit status 0: ok; 1: weak or "
+                              "the files cannot be compared; 2: bad usage.")
     p.add_argument("original", type=Path)
     p.add_argument("protected", type=Path)
     add_engine_options(p)
@@ -29,4 +32,6 @@ def run(args: argparse.Namespace, env: Env) -> ExitStatus:
     if entry.status == "failed":
         env.stderr.write(f"{entry.input}: {entry.reason}\n")
         return ExitStatus.ERROR
-    return ExitStatus.OK
+    if entry.status in ("weak", "skipped"):
+        env.stderr.write(f"{entry.output}: {entry.status}: {entry.reason}\n")
+    return ExitStatus.ERROR if entry.status == "weak" else ExitStatus.OK

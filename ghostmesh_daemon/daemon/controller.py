@@ -207,7 +207,7 @@ class Controller:
         self._started_current: float | None = None
         self._scan_thread: threading.Thread | None = None
         self._scan_pending: set[Path] | None = None  # None: nothing queued; empty set: full rescan
-        self._last_failed = False
+        self._last_problem: str | None = None  # "failed" or "weak" when the last photo was not protected
         self._stopping = False
         self._stop_deadline: float | None = None
         self._last_summary: dict[str, Any] | None = None
@@ -379,7 +379,7 @@ class Controller:
         photo, new = self._ledger.arrive(str(a.path), a.size, a.mtime_ns, a.hash)
         if new:
             log.info("queued %s", a.path)
-        elif photo.path != str(a.path) and photo.state in ("done", "skipped"):
+        elif photo.path != str(a.path) and photo.state in ("done", "weak", "skipped"):
             log.info("%s: same content as %s (already %s); not redone", a.path, photo.path, photo.state)
 
     def _dispatch(self) -> None:
@@ -401,13 +401,16 @@ class Controller:
             self._worker.submit(photo)
 
     def _judge(self, f: Finished) -> str:
-        """What a finished attempt means for the ledger: "done", "failed", "skipped" or "requeue".
+        """What a finished attempt means for the ledger: "done", "weak", "failed", "skipped" or "requeue".
 
-        This is the place for outcome policies: e.g. a photo protected too weakly could come back
-        here as "requeue" with a stronger preset (issue 6).
+        A weak photo was already retried once by the processor (``cli.run.make_processor``); it is
+        final like a done one, shown in the counts and the last failures, and redone only when the
+        file changes.
         """
         if f.entry.status == "ok":
             return "done"
+        if f.entry.status == "weak":
+            return "weak"
         if f.stopped:
             return "requeue"  # abandoned because we are stopping: not the photo's fault
         return "skipped" if f.entry.status == "skipped" else "failed"
@@ -422,8 +425,17 @@ class Controller:
         entry = f.entry
         if verdict == "done":
             ledger.mark_done(f.photo.hash, entry.output, entry.engine_version or ENGINE_VERSION, entry.to_dict())
-            self._last_failed = False
+            self._last_problem = None
             log.info("protected %s -> %s (%.1f s)", f.photo.path, entry.output, f.seconds)
+        elif verdict == "weak":
+            reason = entry.reason or "not protected within its budget"
+            ledger.mark_weak(f.photo.hash, entry.output, entry.engine_version or ENGINE_VERSION, reason, entry.to_dict())
+            self._last_problem = "weak"
+            if entry.output:
+                log.warning("%s: weak, kept at your request (output.keep_weak) as %s: %s", f.photo.path,
+                            entry.output, reason)
+            else:
+                log.warning("%s: weak, nothing written (output.keep_weak writes it anyway): %s", f.photo.path, reason)
         elif verdict == "requeue":
             ledger.requeue(f.photo.hash)
             log.info("%s: abandoned (stopping); it will be redone at the next start", f.photo.path)
@@ -438,7 +450,7 @@ class Controller:
                 retry_at = time.time() + self.options.backoff_seconds * 4 ** (attempts - 1)
             reason = entry.reason or "failed"
             ledger.mark_failed(f.photo.hash, reason, retry_at, entry.to_dict())
-            self._last_failed = True
+            self._last_problem = "failed"
             when = f"; retry in {retry_at - time.time():.0f} s" if retry_at else "; giving up"
             log.warning("%s: failed (attempt %d of %d): %s%s", f.photo.path, attempts,
                         self.options.max_attempts, reason, when)
@@ -520,7 +532,7 @@ class Controller:
             return "paused"
         if self._worker.busy_with is not None:
             return "working"
-        return "error" if self._last_failed else "idle"
+        return "error" if self._last_problem else "idle"
 
     def _summary(self) -> dict[str, Any]:
         assert self._ledger is not None
@@ -532,7 +544,9 @@ class Controller:
             "pause_reasons": sorted(self._pause_reasons),
             "queue": counts["pending"],
             "done": counts["done"],
+            "weak": counts["weak"],
             "failed": counts["failed"],
+            "last_problem": self._last_problem,
             "current": busy.path if busy else None,
         }
 

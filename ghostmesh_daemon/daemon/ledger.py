@@ -1,7 +1,10 @@
 """The ledger: what the daemon has seen and done, in SQLite (WAL), keyed by content.
 
 Two tables. ``photos`` has one row per distinct content (SHA-256): its state (pending, processing,
-done, failed, skipped), attempts, last error, output, engine version, timestamps. A renamed or
+done, weak, failed, skipped), attempts, last error, output, engine version, timestamps. ``weak`` is
+final like ``done`` (a changed file has a new hash and is processed again): its copy did not reach
+its goals within the budgets, so it was not written (unless the user keeps weak copies), and the
+reason says why. A renamed or
 copied-back photo has the same hash, so it is not redone; a changed photo has a new hash, so it is.
 ``files`` maps a path with its size and mtime to the hash last read there, so a rescan of an
 unchanged folder reads no file contents.
@@ -19,16 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
-STATES = ("pending", "processing", "done", "failed", "skipped")
+SCHEMA_VERSION = 2
+STATES = ("pending", "processing", "done", "weak", "failed", "skipped")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS photos (
+_PHOTOS = """
+CREATE TABLE IF NOT EXISTS {name} (
     hash TEXT PRIMARY KEY,
     path TEXT NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'processing', 'done', 'failed', 'skipped')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'processing', 'done', 'weak', 'failed', 'skipped')),
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     output TEXT,
@@ -39,6 +42,9 @@ CREATE TABLE IF NOT EXISTS photos (
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
+"""
+
+_SCHEMA = _PHOTOS.format(name="photos") + """
 CREATE INDEX IF NOT EXISTS photos_queue ON photos (state, queued_at);
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,
@@ -81,8 +87,26 @@ class Ledger:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: ledger schema {version} is newer than this ghostmesh ({SCHEMA_VERSION})")
+        if version == 1:
+            self._migrate_from_1()
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2: the state check gains ``weak``. SQLite cannot change a CHECK in place, so
+        the table is rebuilt, in one transaction (a crash leaves schema 1, intact)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(_PHOTOS.format(name="photos_v2"))
+            self._db.execute("INSERT INTO photos_v2 SELECT * FROM photos")
+            self._db.execute("DROP TABLE photos")
+            self._db.execute("ALTER TABLE photos_v2 RENAME TO photos")
+            self._db.execute("CREATE INDEX IF NOT EXISTS photos_queue ON photos (state, queued_at)")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -112,12 +136,13 @@ class Ledger:
         return counts
 
     def recent_failures(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The latest photos that failed or came back weak, newest first, each with its state."""
         rows = self._db.execute(
-            "SELECT path, last_error, attempts, updated FROM photos WHERE state = 'failed' "
+            "SELECT path, state, last_error, attempts, updated FROM photos WHERE state IN ('failed', 'weak') "
             "ORDER BY updated DESC LIMIT ?",
             (limit,),
         ).fetchall()
-        return [{"path": p, "reason": e, "attempts": a, "when": u} for p, e, a, u in rows]
+        return [{"path": p, "state": s, "reason": e, "attempts": a, "when": u} for p, s, e, a, u in rows]
 
     def next_retry_time(self, max_attempts: int) -> float | None:
         row = self._db.execute(
@@ -167,6 +192,13 @@ class Ledger:
 
     def mark_done(self, content_hash: str, output: str | None, engine_version: str, report: dict | None = None) -> None:
         self._set(content_hash, state="done", output=output, engine_version=engine_version, last_error=None,
+                  next_attempt=None, report=json.dumps(report) if report is not None else None)
+
+    def mark_weak(self, content_hash: str, output: str | None, engine_version: str, reason: str,
+                  report: dict | None = None) -> None:
+        """Final, like done: not retried unless the file changes (a new hash). ``output`` is the weak
+        copy when the user keeps them, else ``None``."""
+        self._set(content_hash, state="weak", output=output, engine_version=engine_version, last_error=reason,
                   next_attempt=None, report=json.dumps(report) if report is not None else None)
 
     def mark_failed(self, content_hash: str, error: str, retry_at: float | None, report: dict | None = None) -> None:

@@ -60,10 +60,13 @@ def status_line(summary: dict[str, Any]) -> str:
     if state == "working":
         name = Path(summary.get("current") or "").name
         return f"Protecting {name} ({queued} more waiting)"
+    weak = summary.get("weak", 0)
+    weak_part = f", {weak} weak (not protected)" if weak else ""
     if state == "error":
-        return f"Last photo failed: {done} protected, {queued} waiting"
+        what = "was not protected (weak)" if summary.get("last_problem") == "weak" else "failed"
+        return f"Last photo {what}: {done} protected{weak_part}, {queued} waiting"
     if state == "idle":
-        return f"Idle: {done} protected"
+        return f"Idle: {done} protected{weak_part}"
     return "Starting"
 
 

@@ -2,18 +2,23 @@
 
 Parameters (raw, unbounded in tanh mode):
 
-- ``flow``: (1, 2, gh, gw), a coarse control grid. The displacement at a pixel is
-  ``flow_limit * tanh(bicubic(flow)(p))`` of the image size per axis (``2 * flow_limit`` in
-  grid_sample units). tanh is applied *after* the bicubic upsampling, so bicubic overshoot cannot
-  break the bound.
-- ``noise[0]``: (1, 3, h, w), noise over the whole photo at the work resolution.
-- ``noise[i]``, i >= 1: (1, 3, h_i, w_i), extra noise over face view i at face detail, faded to zero
-  at the view's edges by a smooth window (a hard edge would leave a visible rectangle).
+- ``flow``: (1, 2, gh, gw), a coarse control grid. The displacement at a pixel p is
+  ``L(p) * tanh(bicubic(flow)(p))`` image pixels per axis, where ``L`` is the warp's limit there
+  (:meth:`PerceptualBounds.flow_limit_at`: a fraction of the face's size inside the inner face,
+  exactly 0 outside it). tanh is applied *after* the bicubic upsampling, so bicubic overshoot
+  cannot break the bound.
+- ``noise[0]``: (1, 3, h, w), noise over the whole photo at the work resolution (image targets only).
+- ``noise[i]``, i >= 1: (1, 3, h_i, w_i), noise over face view i at face detail, faded to zero at
+  the view's edges by a smooth window.
 
-The full-resolution noise is ``noise_limit * tanh(up(noise[0]) + sum_i window_i * up(noise[i]))`` in
-tanh mode; in PGD mode it is the same sum without tanh, projected after each step (see
-:meth:`Perturbation.project`) and clamped to the bound at the final render. The protected pixel is
-``(x + delta)(p + flow(p))`` (grid_sample, border padding), never clamped inside the forward pass.
+The three noise channels are luma and the two chromas (JPEG's Y, Cb, Cr). With
+``b = tanh(up(noise[0]) + sum_i window_i * up(noise[i]))`` (tanh mode; in PGD mode the same sum
+without tanh, projected into [-1, 1] after each step and clamped to it at the final render), the
+noise is ``ycc_to_rgb(B(p) * b)`` where ``B`` holds, per pixel, the luma JND and the tighter chroma
+bound, times the feathered face mask (:class:`PerceptualBounds`). So every bound holds exactly at
+every pixel, in both modes, and the noise fades smoothly to zero at every mask and view edge. The
+protected pixel is ``(x + delta)(p + flow(p))`` (grid_sample, border padding), never clamped inside
+the forward pass.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .eot import gaussian_blur
 from .geometry import check_image, downscale
+from .perception import PerceptualBounds, ycc_to_rgb
 from .scene import ViewGeometry
 
 
@@ -33,10 +40,11 @@ from .scene import ViewGeometry
 class Bounds:
     """The limits the perturbation must respect, and how it is parametrised."""
 
-    noise_limit: float = 0.05
-    flow_limit: float = 0.01
+    noise_limit: float = 0.05  # cap of the per-pixel luma bound (the JND map is clamped to it)
+    flow_limit: float = 0.01  # largest warp, as a fraction of each face's chip side
     mode: str = "tanh"  # or "pgd"
     feather: float = 0.25  # fraction of a face view's half-size over which its noise fades out
+    grain: float = 0.0  # sigma (photo pixels) of the high-pass that keeps the noise grain-like; 0 = off
 
     def __post_init__(self) -> None:
         if self.mode not in ("tanh", "pgd"):
@@ -88,13 +96,17 @@ class Perturbation(nn.Module):
         whole: ViewGeometry,
         face_views: list[ViewGeometry],
         bounds: Bounds,
+        shape: PerceptualBounds,
         flow_grid: int = 32,
         whole_noise: bool = True,
     ) -> None:
         super().__init__()
         H, W = image_hw
+        if tuple(shape.image_hw) != (H, W):
+            raise ValueError(f"perceptual bounds are for {shape.image_hw}, the photo is {(H, W)}")
         self.image_hw = image_hw
         self.bounds = bounds
+        self.shape = shape
         gh, gw = (flow_grid, max(2, round(flow_grid * W / H))) if H >= W else (max(2, round(flow_grid * H / W)), flow_grid)
         self.flow = nn.Parameter(torch.zeros(1, 2, gh, gw))
         self.views = [whole, *face_views]
@@ -116,11 +128,16 @@ class Perturbation(nn.Module):
         gh, gw = self.flow.shape[-2:]
         return F.interpolate(self.flow, size=(8 * gh, 8 * gw), mode="bicubic", align_corners=True)
 
-    def flow_at(self, coords: Tensor, field: Tensor | None = None) -> Tensor:
-        """Displacement in image-normalised units at ``coords`` (1, h, w, 2) -> (1, h, w, 2)."""
+    def flow_at(self, coords: Tensor, limit_px: Tensor, field: Tensor | None = None) -> Tensor:
+        """Displacement in image-normalised units at ``coords`` (1, h, w, 2) -> (1, h, w, 2).
+
+        ``limit_px`` (1, 1, h, w) is the warp's limit at those points, in image pixels.
+        """
         field = self.flow_field() if field is None else field
         raw = F.grid_sample(field, coords, mode="bilinear", padding_mode="border", align_corners=True)
-        return (2 * self.bounds.flow_limit) * torch.tanh(raw).permute(0, 2, 3, 1)
+        H, W = self.image_hw
+        to_norm = torch.tensor([2.0 / W, 2.0 / H], device=coords.device, dtype=coords.dtype).reshape(1, 2, 1, 1)
+        return (limit_px * to_norm * torch.tanh(raw)).permute(0, 2, 3, 1)
 
     def raw_noise_at(self, coords: Tensor, skip: int | None = None) -> Tensor:
         """Sum of every view's noise parameter at ``coords`` (image-normalised), (1, 3, h, w).
@@ -143,10 +160,22 @@ class Perturbation(nn.Module):
             total = coords.new_zeros(1, 3, *coords.shape[1:3])
         return total
 
-    def bound_noise(self, raw: Tensor) -> Tensor:
+    def bounded(self, raw: Tensor, view_scale: float = 1.0) -> Tensor:
+        """The raw sum as a fraction of the per-pixel bound, in [-1, 1] (tanh) or unclamped (PGD).
+
+        With ``bounds.grain`` (pixels of the photo) the raw field first loses everything coarser than
+        that (raw minus its Gaussian blur): what is left reads as fine film grain, never as the
+        blotches and streaks a coherent pattern of the same amplitude makes on smooth skin.
+        """
+        if self.bounds.grain > 0 and raw.ndim == 4:
+            raw = raw - gaussian_blur(raw, self.bounds.grain * view_scale)
         if self.bounds.mode == "tanh":
-            return self.bounds.noise_limit * torch.tanh(raw)
+            return torch.tanh(raw)
         return raw
+
+    def noise_bound_at(self, coords: Tensor, jnd: Tensor) -> Tensor:
+        """(1, 3, h, w) per-pixel bounds of (Y, Cb, Cr) at ``coords``, given the JND sampled there."""
+        return self.shape.channel_bounds(jnd) * self.shape.noise_mask_at(coords)
 
     # --- rendering ------------------------------------------------------------------------------
 
@@ -176,7 +205,10 @@ class Perturbation(nn.Module):
             H, W = self.image_hw
             scale = torch.tensor([W / (x1 - x0), H / (y1 - y0)], device=device, dtype=dtype)
             window = feather_window(local, self.bounds.feather) if index > 0 else None
-            self._plans[key] = _ViewPlan(coords, local, scale, window, others)
+            jnd = clean_view(self.shape.jnd.to(device=device, dtype=dtype), geometry)
+            bound = self.noise_bound_at(coords, jnd)
+            flow_px = self.shape.flow_limit_at(coords)
+            self._plans[key] = _ViewPlan(coords, local, scale, window, others, bound, flow_px)
         return self._plans[key]
 
     def render_view(self, index: int, clean: Tensor, field: Tensor | None = None) -> Tensor:
@@ -189,9 +221,10 @@ class Perturbation(nn.Module):
             raw = raw + (term if window is None else term * window)
         if self.noise[index].numel():
             raw = raw + (self.noise[index] if plan.window is None else self.noise[index] * plan.window)
-        delta = self.bound_noise(raw)
+        view_scale = self.views[index].scale[1]
+        delta = ycc_to_rgb(plan.bound * self.bounded(raw, view_scale)) if raw.ndim else clean.new_zeros(())
         # the view's own normalised coordinates are an affine function of the photo's: shift by the flow
-        grid = plan.local + self.flow_at(plan.coords, field) * plan.scale
+        grid = plan.local + self.flow_at(plan.coords, plan.flow_px, field) * plan.scale
         return F.grid_sample(clean + delta, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     @torch.no_grad()
@@ -205,21 +238,23 @@ class Perturbation(nn.Module):
         H, W = self.image_hw
         full = ViewGeometry(box=(0, 0, W, H), size=(H, W))
         out = torch.empty_like(x)
-        pad = math.ceil(2 * self.bounds.flow_limit * max(H, W)) + 2
+        max_flow_px = max((f.side_px * self.shape.flow_fraction for f in self.shape.faces), default=0.0)
+        pad = math.ceil(max_flow_px) + 2 + math.ceil(3 * self.bounds.grain)
         max_delta = 0.0
         max_flow = 0.0
-        eps = self.bounds.noise_limit
+        jnd_full = self.shape.jnd.to(device=x.device, dtype=x.dtype)
         field = self.flow_field()
         for r0 in range(0, H, band):
             r1 = min(H, r0 + band)
             i0, i1 = max(0, r0 - pad), min(H, r1 + pad)
             src_geom = ViewGeometry(box=(0, i0, W, i1), size=(i1 - i0, W))
             src_coords = view_coordinates(src_geom, self.image_hw, x.device, dtype=x.dtype)
-            delta = self.bound_noise(self.raw_noise_at(src_coords))
+            b = self.bounded(self.raw_noise_at(src_coords))
             if self.bounds.mode == "pgd":
-                delta = delta.clamp(-eps, eps)
+                b = b.clamp(-1, 1)  # the bound is exact in the written photo whatever the projection left
+            delta = ycc_to_rgb(self.noise_bound_at(src_coords, jnd_full[..., i0:i1, :]) * b)
             coords = view_coordinates(full, self.image_hw, x.device, rows=(r0, r1), dtype=x.dtype)
-            flow = self.flow_at(coords, field)
+            flow = self.flow_at(coords, self.shape.flow_limit_at(coords), field)
             grid = to_view_normalized(coords + flow, src_geom, self.image_hw)
             band_out = F.grid_sample(x[..., i0:i1, :] + delta, grid, mode="bilinear", padding_mode="border", align_corners=False)
             out[..., r0:r1, :] = band_out.clamp(0, 1)
@@ -229,33 +264,35 @@ class Perturbation(nn.Module):
             max_flow = max(max_flow, float(torch.maximum(fx, fy)))
         return out, {"max_delta": max_delta, "max_flow_px": max_flow}
 
-    # --- bounds -----------------------------------------------------------------------------------
+    # --- regularisers and bounds ----------------------------------------------------------------
 
     def vertical_flow_energy(self) -> Tensor:
         """Mean squared vertical displacement on the control grid, as a fraction of the limit."""
         return torch.tanh(self.flow[:, 1]).pow(2).mean()
 
+    def flow_roughness(self) -> Tensor:
+        """Mean squared difference between neighbouring control points (stAdv's smoothness term, on
+        the bounded grid): a warp that bends a line one way and its neighbour the other reads as wavy."""
+        f = torch.tanh(self.flow)
+        return (f[..., 1:, :] - f[..., :-1, :]).pow(2).mean() + (f[..., :, 1:] - f[..., :, :-1]).pow(2).mean()
+
     @torch.no_grad()
     def project(self, clean_views: list[Tensor]) -> None:
-        """PGD projection after a step: noise within [-eps, eps] and x + noise within [0, 1].
-
-        Face views carry extra noise on top of the whole-photo noise; their parameter is projected so
-        that the *sum* stays within the bounds where the window is non-zero.
+        """PGD projection after a step: the summed raw noise within [-1, 1] (a fraction of each
+        pixel's bound). Face views carry noise on top of the whole-photo noise; their parameter is
+        projected so that the *sum* stays within [-1, 1] where the window is non-zero. Pixels pushed
+        past [0, 1] are clamped at the final render, which only moves them towards the original.
         """
         if self.bounds.mode != "pgd":
             return
-        eps = self.bounds.noise_limit
         if self.noise[0].numel():
-            self.noise[0].clamp_(-eps, eps)
-            self.noise[0].copy_(torch.maximum(torch.minimum(self.noise[0], 1 - clean_views[0]), -clean_views[0]))
+            self.noise[0].clamp_(-1, 1)
         for i in range(1, len(self.views)):
             geometry = self.views[i]
             coords = view_coordinates(geometry, self.image_hw, self.noise[i].device, dtype=self.noise[i].dtype)
             base = self.raw_noise_at(coords, skip=i)
             w = feather_window(to_view_normalized(coords, geometry, self.image_hw), self.bounds.feather).clamp_min(1e-6)
-            lo = torch.maximum(-eps - base, -clean_views[i] - base) / w
-            hi = torch.minimum(eps - base, 1 - clean_views[i] - base) / w
-            self.noise[i].copy_(torch.maximum(torch.minimum(self.noise[i], hi), lo))
+            self.noise[i].copy_(torch.maximum(torch.minimum(self.noise[i], (1 - base) / w), (-1 - base) / w))
 
 
 @dataclass
@@ -265,6 +302,8 @@ class _ViewPlan:
     scale: Tensor  # (2,) photo-normalised -> view-normalised displacement
     window: Tensor | None  # the view's own noise fade-out (face views)
     others: list[tuple[int, Tensor, Tensor | None]]  # other views' noise reaching this one
+    bound: Tensor  # (1, 3, h, w) per-pixel bounds of Y, Cb, Cr (JND x chroma ratio x face mask)
+    flow_px: Tensor  # (1, 1, h, w) the warp's limit at each pixel, image pixels
 
 
 def clean_view(x: Tensor, geometry: ViewGeometry) -> Tensor:

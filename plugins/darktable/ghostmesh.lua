@@ -23,6 +23,10 @@
     When protection fails, darktable shows a message naming the image and the reason, and the
     unprotected file is renamed to <name>.unprotected.<ext>, so nothing unprotected is left under
     the export name (an upload storage then finds no file and reports the export as failed).
+    A weak result is a failure too: ghostmesh measured its copy and it did not reach a target's
+    goal within the preset's budget, so it left the export as it was (unprotected); the message
+    says "not protected enough (weak)" and which target was not reached. Only with --keep-weak in
+    the extra arguments is the weak copy exported, with a message saying so.
     `ghostmesh protect --in-place` itself replaces the file atomically: the export is never
     half-written.
 
@@ -169,15 +173,47 @@ function cmd.exit_code(status, windows)
   return status
 end
 
---- The reason to show: ghostmesh's own one-line error when it gave one.
-function cmd.reason(code, output, exe)
+local function last_line(output)
   local last
   for line in string.gmatch(output or "", "[^\r\n]+") do
     if string.find(line, "%S") then last = line end
   end
+  return last
+end
+
+--- A weak copy in ghostmesh's output (its last line): "weak" (nothing was replaced: the file is
+--- still the unprotected export) or "kept" (--keep-weak replaced it anyway), and the reasons
+--- (which target was not reached, which budget was exceeded); nil when it reports none.
+function cmd.weak(output)
+  local last = last_line(output)
+  if not last then return nil end
+  local reasons = string.match(last, ": weak %(kept at your request%): (.*)$")
+  if reasons then return "kept", reasons end
+  reasons = string.match(last, ": weak: (.*)$")
+  if reasons then
+    return "weak", (string.gsub(reasons, "%s*%(left unchanged;[^()]*%)%s*$", ""))
+  end
+  return nil
+end
+
+--- Why ghostmesh left the file as it was although it succeeded (e.g. no face for face-only
+--- targets: nothing to protect); nil otherwise.
+function cmd.skipped(output)
+  local last = last_line(output)
+  if not last then return nil end
+  return string.match(last, ": skipped: (.*)$")
+end
+
+--- The reason to show: ghostmesh's own one-line error when it gave one.
+function cmd.reason(code, output, exe)
+  local last = last_line(output)
   if code == 127 or code == 9009 then
     return "the ghostmesh command was not found (" .. exe .. "); set its full path in "
       .. "preferences > lua options > Ghost Mesh: ghostmesh command"
+  end
+  local kind, reasons = cmd.weak(output)
+  if kind == "weak" then
+    return "not protected enough (weak): " .. reasons
   end
   if last then
     return (string.gsub(last, "^ghostmesh: ", ""))
@@ -237,7 +273,8 @@ end
 -- the export hook
 -- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -
 
---- Protect `file` in place. Returns true, or false and the reason.
+--- Protect `file` in place. Returns true and a note (nil, or what to tell the user: a weak copy
+--- kept at their request, a photo left as it was), or false and the reason.
 local function protect(file, s)
   local windows = dt.configuration.running_os == "windows"
   local args = cmd.arguments(s, file)
@@ -248,7 +285,15 @@ local function protect(file, s)
   local code = cmd.exit_code(status, windows)
   local output = read_all(log)
   os.remove(log)
-  if code == 0 then return true end
+  if code == 0 then
+    local why = cmd.skipped(output)
+    if why then return true, "left as it is: " .. why end
+    return true
+  end
+  local kind, reasons = cmd.weak(output)
+  if kind == "kept" then
+    return true, "only weakly protected (kept at your request, --keep-weak): " .. reasons
+  end
   return false, cmd.reason(code, output, args[1])
 end
 
@@ -275,7 +320,11 @@ local function on_export(event, image, filename, format, storage)
   end
   local ok, reason = protect(filename, s)
   if ok then
-    dt.print("Ghost Mesh protected " .. name)
+    if reason then
+      dt.print("Ghost Mesh: " .. name .. " " .. reason)
+    else
+      dt.print("Ghost Mesh protected " .. name)
+    end
     return
   end
   -- Fail closed: nothing unprotected stays under the export name.

@@ -91,15 +91,47 @@ function M.exit_code(status, windows)
   return status
 end
 
---- The reason to show: ghostmesh's own one-line error when it gave one.
-function M.reason(code, output, exe)
+local function last_line(output)
   local last
   for line in string.gmatch(output or "", "[^\r\n]+") do
     if string.find(line, "%S") then last = line end
   end
+  return last
+end
+
+--- A weak copy in ghostmesh's output (its last line): "weak" (nothing was replaced: the file is
+--- still the unprotected export) or "kept" (--keep-weak replaced it anyway), and the reasons
+--- (which target was not reached, which budget was exceeded); nil when it reports none.
+function M.weak(output)
+  local last = last_line(output)
+  if not last then return nil end
+  local reasons = string.match(last, ": weak %(kept at your request%): (.*)$")
+  if reasons then return "kept", reasons end
+  reasons = string.match(last, ": weak: (.*)$")
+  if reasons then
+    return "weak", (string.gsub(reasons, "%s*%(left unchanged;[^()]*%)%s*$", ""))
+  end
+  return nil
+end
+
+--- Why ghostmesh left the file as it was although it succeeded (e.g. no face for face-only
+--- targets: nothing to protect); nil otherwise.
+function M.skipped(output)
+  local last = last_line(output)
+  if not last then return nil end
+  return string.match(last, ": skipped: (.*)$")
+end
+
+--- The reason to show: ghostmesh's own one-line error when it gave one.
+function M.reason(code, output, exe)
+  local last = last_line(output)
   if code == 127 or code == 9009 then
     return "the ghostmesh command was not found (" .. exe .. "); set its full path in the "
       .. "Export dialog, section \"Protect with Ghost Mesh\""
+  end
+  local kind, reasons = M.weak(output)
+  if kind == "weak" then
+    return "not protected enough (weak): " .. reasons
   end
   if last then
     return (string.gsub(last, "^ghostmesh: ", ""))

@@ -6,7 +6,10 @@
 
   Failure is closed: the unprotected render is deleted and the rendition is reported failed with
   renditionIsDone(false, message); Lightroom lists those messages when the export ends, and no
-  unprotected photo reaches the destination.
+  unprotected photo reaches the destination. A weak result (ghostmesh's copy did not reach a
+  target's goal within the preset's budget, so it left the render unprotected) is such a failure,
+  reported as "not protected enough (weak)" with the target not reached; with --keep-weak in the
+  extra arguments the weak copy is exported instead, as the user asked.
 
   Lua 5.1 (Lightroom Classic).
 ]]
@@ -96,9 +99,10 @@ function provider.sectionForFilterInDialog(f, propertyTable)
     },
     f:static_text {
       title = "Each exported photo is replaced by its protected version, with the same name and metadata. "
-        .. "If protection fails the photo is not exported and Lightroom lists the reason.",
+        .. "If protection fails, or is too weak (a target not reached within the preset's budget), the photo "
+        .. "is not exported and Lightroom lists the reason.",
       fill_horizontal = 1,
-      height_in_lines = 2,
+      height_in_lines = 3,
     },
   }
 end
@@ -118,6 +122,7 @@ local function protect(path, settings)
     LrFileUtils.delete(log)
   end
   if code == 0 then return true end
+  if Command.weak(output) == "kept" then return true end -- --keep-weak: the user asked for the weak copy
   return false, Command.reason(code, output, args[1])
 end
 

@@ -1,0 +1,186 @@
+"""What eyes forgive: the per-pixel budget of the noise and where the noise and the warp may live.
+
+LPIPS alone is a metric the optimizer learns to fool (it finds textures LPIPS scores low and people
+see at once), so the perturbation is bounded directly by what the eye can see, before any loss:
+
+- **Luma** may change by at most a just-noticeable difference (JND) of the original at that pixel,
+  at native resolution: Chou & Li's (1995) model, the larger of *luminance adaptation* (dark and
+  very bright backgrounds hide more) and *texture masking* (edges, hair and beard hide more than
+  smooth skin). On smooth mid-tone skin that is about 3 of 255 levels; in hair or along edges 6-12.
+- **Chroma** (JPEG's Cb and Cr) may change by only a fraction of that: colour shifts are what made
+  irises and skin look wrong at 100 %.
+- The noise lives only on the faces (a feathered disc over each face's chip) unless an image-level
+  target needs the whole photo; the **warp** lives only in the inner face, is bounded in pixels
+  relative to each face's size, and fades to exactly zero outside it, so hair, glasses frames,
+  jewellery and lines beside the face stay straight.
+
+The masks are analytic in the photo's coordinates, so every view (and the final full-resolution
+render) evaluates exactly the same function: the bound holds at every pixel that gets written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .scene import Face
+
+#: RGB -> (Y, Cb, Cr) on [0, 1] values (JPEG's matrix without the offsets); rows are Y, Cb, Cr.
+RGB_TO_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+YCC_TO_RGB = torch.linalg.inv(RGB_TO_YCC)
+
+# Chou & Li's background-luminance weights and the four directional gradient operators (5x5).
+_BG = torch.tensor([[1, 1, 1, 1, 1], [1, 2, 2, 2, 1], [1, 2, 0, 2, 1], [1, 2, 2, 2, 1], [1, 1, 1, 1, 1]],
+                   dtype=torch.float32) / 32
+_GRAD = torch.tensor([
+    [[0, 0, 0, 0, 0], [1, 3, 8, 3, 1], [0, 0, 0, 0, 0], [-1, -3, -8, -3, -1], [0, 0, 0, 0, 0]],
+    [[0, 0, 1, 0, 0], [0, 8, 3, 0, 0], [1, 3, 0, -3, -1], [0, 0, -3, -8, 0], [0, 0, -1, 0, 0]],
+    [[0, 0, 1, 0, 0], [0, 0, 3, 8, 0], [-1, -3, 0, 3, 1], [0, -8, -3, 0, 0], [0, 0, -1, 0, 0]],
+    [[0, 1, 0, -1, 0], [0, 3, 0, -3, 0], [0, 8, 0, -8, 0], [0, 3, 0, -3, 0], [0, 1, 0, -1, 0]],
+], dtype=torch.float32)[:, None] / 16
+
+
+def ycc_to_rgb(ycc: Tensor) -> Tensor:
+    """(B, 3, H, W) luma/chroma differences to RGB differences (linear, so offsets do not matter)."""
+    return torch.einsum("ij,bjhw->bihw", YCC_TO_RGB.to(ycc), ycc)
+
+
+def rgb_to_ycc(rgb: Tensor) -> Tensor:
+    return torch.einsum("ij,bjhw->bihw", RGB_TO_YCC.to(rgb), rgb)
+
+
+@torch.no_grad()
+def jnd_map(x: Tensor, band: int = 1024, flat: float = 1.0) -> Tensor:
+    """Chou & Li's luma JND of ``x`` (1, 3, H, W) in [0, 1], as (1, 1, H, W) in [0, 1] units.
+
+    ``flat`` scales the luminance-adaptation term, which alone sets the bound where there is no
+    texture: Chou & Li measured it for noise, and an optimized perturbation is not noise (on smooth
+    cheeks it forms streaks people see at the noise's JND), so smooth skin gets less and texture and
+    edges, where masking hides structure too, keep theirs. Computed in row bands (with the 2-pixel
+    overlap the 5x5 operators need) so a 24 MP photo does not hold four full-size gradient planes.
+    """
+    H = x.shape[-2]
+    out = x.new_empty(1, 1, *x.shape[-2:])
+    bg_k, grad_k = _BG.to(x)[None, None], _GRAD.to(x)
+    for r0 in range(0, H, band):
+        r1 = min(H, r0 + band)
+        i0, i1 = max(0, r0 - 2), min(H, r1 + 2)
+        y = 255.0 * torch.einsum("c,bchw->bhw", RGB_TO_YCC[0].to(x), x[..., i0:i1, :])[:, None]
+        y = F.pad(y, (2, 2, 2, 2), mode="replicate")
+        bg = F.conv2d(y, bg_k)
+        mg = F.conv2d(y, grad_k).abs().amax(dim=1, keepdim=True)
+        texture = mg * (0.0001 * bg + 0.115) + (0.5 - 0.01 * bg)
+        luminance = torch.where(bg <= 127, 17 * (1 - torch.sqrt(bg.clamp(min=0) / 127)) + 3, 3 / 128 * (bg - 127) + 3)
+        jnd = torch.maximum(texture, flat * luminance) / 255.0
+        out[..., r0:r1, :] = jnd[..., r0 - i0: r0 - i0 + (r1 - r0), :]
+    return out
+
+
+def smoothstep(t: Tensor) -> Tensor:
+    t = t.clamp(0, 1)  # on constants (coordinates), never on a parameter
+    return t * t * (3 - 2 * t)
+
+
+@dataclass(frozen=True)
+class FaceRegion:
+    """One face's disc in its chip's own coordinates (a similarity of the photo, so a disc there is a
+    disc here): 1 inside radius ``inner``, easing to exactly 0 at ``outer`` (fractions of the chip's
+    half-side, measured from the chip's centre)."""
+
+    image_to_chip: Tensor  # (2, 3) float64, image pixels -> chip pixels
+    centre: float  # the chip's centre, chip pixels (both axes)
+    half: float  # the chip's half-side, chip pixels
+    side_px: float  # the chip's side in image pixels
+
+    @classmethod
+    def of(cls, face: Face) -> "FaceRegion":
+        a = torch.eye(3, dtype=torch.float64)
+        a[:2] = face.chip_to_image.double()
+        inv = torch.linalg.inv(a)[:2]
+        n = face.chip_size - 1
+        side = float(torch.det(a[:2, :2]).abs().sqrt()) * n
+        return cls(inv, n / 2, n / 2, side)
+
+    def radius(self, pixels: Tensor) -> Tensor:
+        """Distance of image points (..., 2) from the chip's centre, in chip half-sides."""
+        m = self.image_to_chip.to(pixels)
+        chip = pixels @ m[:, :2].T + m[:, 2]
+        return ((chip - self.centre) / self.half).norm(dim=-1)
+
+    def mask(self, pixels: Tensor, inner: float, outer: float) -> Tensor:
+        return smoothstep((outer - self.radius(pixels)) / (outer - inner))
+
+
+@dataclass(frozen=True)
+class PerceptualBounds:
+    """Everything that bounds the perturbation per pixel; built once per photo by :func:`shape_for`.
+
+    ``jnd`` is the luma bound at native resolution (already scaled and capped); chroma gets
+    ``chroma_ratio`` of it. Noise lives where :meth:`noise_mask_at` is non-zero, the warp where
+    :meth:`flow_limit_at` is, at most ``flow_fraction`` of each face's chip side in pixels.
+    """
+
+    jnd: Tensor  # (1, 1, H, W)
+    chroma_ratio: float
+    faces: tuple[FaceRegion, ...]
+    noise_everywhere: bool
+    flow_fraction: float
+    noise_disc: tuple[float, float] = (0.8, 1.05)
+    flow_disc: tuple[float, float] = (0.45, 0.8)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return tuple(self.jnd.shape[-2:])
+
+    def to(self, device) -> "PerceptualBounds":
+        return PerceptualBounds(self.jnd.to(device), self.chroma_ratio, self.faces, self.noise_everywhere,
+                                self.flow_fraction, self.noise_disc, self.flow_disc)
+
+    def _pixels(self, coords: Tensor) -> Tensor:
+        """Photo-normalised coordinates (1, h, w, 2) to image pixel coordinates (centres at integers)."""
+        H, W = self.image_hw
+        return torch.stack([(coords[..., 0] + 1) * (W / 2) - 0.5, (coords[..., 1] + 1) * (H / 2) - 0.5], dim=-1).double()
+
+    def noise_mask_at(self, coords: Tensor) -> Tensor:
+        """(1, 1, h, w): where the noise may live, 0..1."""
+        if self.noise_everywhere:
+            return coords.new_ones(1, 1, *coords.shape[1:3])
+        return self._union(coords, lambda f, p: f.mask(p, *self.noise_disc))
+
+    def flow_limit_at(self, coords: Tensor) -> Tensor:
+        """(1, 1, h, w): the largest displacement allowed at each point, in image pixels."""
+        return self._union(coords, lambda f, p: f.mask(p, *self.flow_disc) * (self.flow_fraction * f.side_px))
+
+    def _union(self, coords: Tensor, per_face) -> Tensor:
+        pixels = self._pixels(coords)
+        out = torch.zeros(coords.shape[:3], dtype=torch.float64, device=coords.device)
+        for f in self.faces:
+            out = torch.maximum(out, per_face(f, pixels))
+        return out.to(coords.dtype)[:, None]
+
+    def channel_bounds(self, jnd: Tensor) -> Tensor:
+        """(1, 1, h, w) luma JND -> (1, 3, h, w) bounds for (Y, Cb, Cr)."""
+        return torch.cat([jnd, self.chroma_ratio * jnd, self.chroma_ratio * jnd], dim=1)
+
+
+def shape_for(x: Tensor, faces: list[Face] | tuple[Face, ...], *, noise_limit: float, jnd_scale: float,
+              chroma_ratio: float, flow_fraction: float, noise_everywhere: bool, flat: float = 1.0) -> PerceptualBounds:
+    """The per-pixel bounds for photo ``x``: its JND scaled by ``jnd_scale`` and capped at ``noise_limit``."""
+    jnd = (jnd_map(x, flat=flat) * jnd_scale).clamp(max=noise_limit)
+    return PerceptualBounds(jnd, chroma_ratio, tuple(FaceRegion.of(f) for f in faces), noise_everywhere, flow_fraction)
+
+
+def uniform_bounds(image_hw: tuple[int, int], faces=(), *, limit: float = 0.05, chroma_ratio: float = 1.0,
+                   flow_fraction: float = 0.03, noise_everywhere: bool = True) -> PerceptualBounds:
+    """The same luma bound everywhere (tests and synthetic checks)."""
+    return PerceptualBounds(torch.full((1, 1, *image_hw), float(limit)), chroma_ratio,
+                            tuple(FaceRegion.of(f) for f in faces), noise_everywhere, flow_fraction)
+
+
+def rgb_limit(luma_limit: float, chroma_ratio: float) -> float:
+    """The largest change of any RGB channel when luma moves by at most ``luma_limit`` and each chroma
+    by ``chroma_ratio`` of it (blue = Y + 1.772 Cb is the channel that can move most)."""
+    return luma_limit * float(YCC_TO_RGB.abs()[:, 1:].sum(1).max() * chroma_ratio + 1)

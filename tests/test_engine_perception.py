@@ -1,0 +1,152 @@
+"""What eyes forgive, as exact invariants: the JND and chroma bounds hold at every written pixel in both
+modes, the warp lives only inside the face and within its pixel bound, nothing steps at a view's
+edge, and every decision is measured at the photo's own resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ghostmesh_daemon.engine.perception import (PerceptualBounds, jnd_map, rgb_to_ycc, shape_for, uniform_bounds,
+                                                ycc_to_rgb)
+from ghostmesh_daemon.engine.scene import Face, ViewGeometry
+from ghostmesh_daemon.engine.synthesis import Bounds, Perturbation, view_coordinates
+
+H, W = 120, 160
+#: A synthetic face whose 150 px chip covers (40, 20)-(120, 100): 80 px wide, centred at (80, 60).
+FACE = Face(box=(45.0, 25.0, 115.0, 95.0), landmarks=torch.zeros(5, 2),
+            chip_to_image=torch.tensor([[80 / 149, 0.0, 40.0], [0.0, 80 / 149, 20.0]]))
+FACE_VIEW = ViewGeometry(box=(34, 14, 126, 106), size=(92, 92))
+
+
+@pytest.fixture
+def photo() -> torch.Tensor:
+    """Mid-range pixels with texture on the left half and smooth on the right, so nothing clips."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.45 + 0.02 * torch.rand(1, 3, H, W, generator=g)
+    stripes = (torch.arange(W // 2) // 2 % 2).float()  # fine vertical stripes: hair-like texture
+    x[..., : W // 2] += 0.4 * stripes
+    return x
+
+
+def _perturbation(x: torch.Tensor, mode: str, shape: PerceptualBounds) -> Perturbation:
+    whole = ViewGeometry(box=(0, 0, W, H), size=(60, 80))
+    return Perturbation((H, W), whole, [FACE_VIEW], Bounds(noise_limit=0.05, flow_limit=shape.flow_fraction, mode=mode),
+                        shape, flow_grid=8, whole_noise=shape.noise_everywhere)
+
+
+def _push(p: Perturbation, value: float, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in p.noise:
+            t.copy_(torch.randn(t.shape, generator=g).sign() * value)
+
+
+def test_jnd_follows_luminance_and_texture():
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    assert float(jnd_map(flat).mean()) * 255 == pytest.approx(3.0, abs=0.05)  # mid-grey, smooth: 3 levels
+    dark = torch.full((1, 3, 32, 32), 0.1)
+    assert float(jnd_map(dark).mean()) * 255 > 10  # dark backgrounds hide more
+    edge = flat.clone()
+    edge[..., 16:] = 0.8
+    j = jnd_map(edge)[0, 0] * 255
+    assert float(j[5, 15]) > 2 * float(j[5, 2])  # beside the edge (column 16) far more than on flat grey
+    # row bands give the same map as one pass
+    torch.manual_seed(3)
+    x = torch.rand(1, 3, 50, 40)
+    assert torch.allclose(jnd_map(x, band=16), jnd_map(x, band=1024), atol=1e-7)
+
+
+def test_colour_transform_round_trips():
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.allclose(ycc_to_rgb(rgb_to_ycc(x)), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["tanh", "pgd"])
+def test_jnd_and_chroma_bounds_hold_exactly_at_every_pixel(mode, photo):
+    shape = shape_for(photo, [FACE], noise_limit=0.05, jnd_scale=1.0, chroma_ratio=0.25, flow_fraction=0.01,
+                      noise_everywhere=False)
+    p = _perturbation(photo, mode, shape)
+    _push(p, 50.0 if mode == "tanh" else 3.0)  # far past every bound
+    if mode == "pgd":
+        p.project([torch.zeros(1)] * 2)
+    with torch.no_grad():
+        p.flow.zero_()  # the noise alone: out - x is exactly the noise
+    out, _ = p.render_full(photo, band=50)
+    ycc = rgb_to_ycc(out - photo)
+    coords = view_coordinates(ViewGeometry(box=(0, 0, W, H), size=(H, W)), (H, W))
+    bound = shape.channel_bounds(shape.jnd) * shape.noise_mask_at(coords)
+    # 1e-5 (a 400th of an 8-bit level): grid_sample's float arithmetic at the identity, not the noise
+    assert torch.all(ycc.abs() <= bound + 1e-5)
+    assert torch.all(ycc[:, 1:].abs() <= 0.25 * shape.jnd + 1e-5)  # chroma a quarter of luma's
+    # the bound is used (not met trivially) where the face is, and nothing changes away from it
+    used = ycc[:, 0].abs() / bound[:, 0].clamp_min(1e-9)
+    assert float(used[0, 60, 70:90].min()) > 0.99
+    assert float((out - photo)[..., :, :20].abs().max()) < 1e-5
+    # texture masking: the textured half of the face may change more than the smooth half
+    assert float(ycc[0, 0, 45:75, 55:75].abs().mean()) > 1.3 * float(ycc[0, 0, 45:75, 85:105].abs().mean())
+
+
+def test_warp_is_zero_outside_the_face_and_within_its_pixel_bound(photo):
+    shape = uniform_bounds((H, W), [FACE], flow_fraction=0.02, noise_everywhere=False)
+    p = _perturbation(photo, "tanh", shape)
+    with torch.no_grad():
+        p.flow.copy_(torch.randn(p.flow.shape, generator=torch.Generator().manual_seed(2)).sign() * 50)
+    coords = view_coordinates(ViewGeometry(box=(0, 0, W, H), size=(H, W)), (H, W))
+    with torch.no_grad():
+        flow = p.flow_at(coords, shape.flow_limit_at(coords))
+    px = torch.stack([flow[..., 0] * W / 2, flow[..., 1] * H / 2], dim=-1).abs()
+    limit = 0.02 * 80 * (149 / 149)  # 2 % of the 80 px chip
+    assert float(px.max()) <= limit + 1e-5
+    assert float(px.max()) > 0.95 * limit  # used up to its bound when pushed
+    radius = shape.faces[0].radius(shape._pixels(coords))[0]
+    outside = radius >= shape.flow_disc[1]
+    assert float(px[0][outside].max()) == 0.0  # exactly zero outside the inner face
+    _, applied = p.render_full(photo, band=40)
+    assert applied["max_flow_px"] <= limit + 1e-5
+
+
+def test_no_step_in_perturbation_energy_at_a_view_edge(photo):
+    """A synthetic photo with a face view whose edge crosses flat grey: the noise fades to zero
+    before the view ends, column by column, with no jump (a hard edge shows as a rectangle)."""
+    flat = torch.full_like(photo, 0.5)
+    shape = shape_for(flat, [FACE], noise_limit=0.05, jnd_scale=1.0, chroma_ratio=0.25, flow_fraction=0.0,
+                      noise_everywhere=False)
+    p = _perturbation(flat, "tanh", shape)
+    _push(p, 50.0)
+    out, _ = p.render_full(flat, band=64)
+    energy = (out - flat).abs().sum(1)[0, 40:80]  # rows through the face's middle
+    per_column = energy.mean(0)
+    x0, x1 = FACE_VIEW.box[0], FACE_VIEW.box[2]
+    assert float(per_column[: x0 + 1].max()) < 1e-5 and float(per_column[x1 - 1:].max()) < 1e-5
+    jumps = (per_column[1:] - per_column[:-1]).abs()
+    assert float(jumps.max()) <= 0.3 * float(per_column.max()), (float(jumps.max()), float(per_column.max()))
+
+
+def test_decisions_and_report_use_the_native_measure(lpips_model, face_target):
+    """``evaluate`` (what accepts, rejects and reports) measures each face on its native crop and the
+    whole photo in native tiles, whatever size the optimizer's views had."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import shared_data
+    from ghostmesh_daemon.engine import evaluate, settings_for
+    from ghostmesh_daemon.engine.geometry import bounding_box, downscale
+    from ghostmesh_daemon.engine.losses import ReferenceLPIPS, tiled_lpips
+    from ghostmesh_daemon.faces import detect_faces
+
+    rgb = np.asarray(Image.open(shared_data("faces", "biden", "biden.jpg")).convert("RGB")).copy()
+    faces = detect_faces(rgb)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    g = torch.Generator().manual_seed(0)
+    y = (x + (torch.rand(x.shape, generator=g) - 0.5) * (6 / 255)).clamp(0, 1)  # fine texture, seen at 100 %
+    s = settings_for("stealth", face_view_size=128, face_lpips_size=64)  # a coarse optimizer proxy
+    ev = evaluate(x, y, faces, [face_target], lpips_model, s)
+    assert ev.lpips_resolution == tuple(x.shape[-2:])
+    x0, y0, x1, y1 = bounding_box(faces[0].chip_corners(), *x.shape[-2:])
+    native = float(ReferenceLPIPS(lpips_model, x[..., y0:y1, x0:x1])(y[..., y0:y1, x0:x1]))
+    assert ev.face_lpips[0] == pytest.approx(native, rel=1e-4)
+    small = float(ReferenceLPIPS(lpips_model, downscale(x[..., y0:y1, x0:x1], (64, 64)))(downscale(y[..., y0:y1, x0:x1], (64, 64))))
+    assert native > 3 * small  # the downscaled proxy hides the texture; decisions do not use it
+    assert ev.lpips == pytest.approx(tiled_lpips(lpips_model, x, y), rel=1e-6)
+    assert "native" in ev.method["face_lpips"] and "tiles" in ev.method["lpips"]
