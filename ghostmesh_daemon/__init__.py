@@ -7,4 +7,4 @@ The package is a functional core (``engine``, ``targets``) inside thin adapters 
 __version__ = "0.1.0"
 #: Bumped whenever the optimizer's output for the same input and settings changes; the daemon's
 #: ledger records it so users can tell which photos were protected by which engine.
-ENGINE_VERSION = "2"
+ENGINE_VERSION = "3"

@@ -46,8 +46,9 @@ pytestmark = [
 CLI = [sys.executable, "-c", "from ghostmesh_daemon.cli import entry_point; entry_point()"]
 
 
-def photo_bytes(n: int, side: int = 160) -> bytes:
-    """A real photo, scaled so its longer side is ``side`` px; ``n`` picks the photo and nudges the
+def photo_bytes(n: int, side: int = 240) -> bytes:
+    """A real photo, scaled so its longer side is ``side`` px (large enough that dlib finds the face:
+    a photo without one is skipped, nothing written); ``n`` picks the photo and nudges the
     size so every call gives different content (the ledger is keyed by content)."""
     src = SOURCES[n % len(SOURCES)]
     with Image.open(src) as im:
@@ -268,7 +269,7 @@ def test_daemon_end_to_end(tmp_path, watch):
 
     # While it is down: a new photo arrives, and a processed one is renamed.
     late = watch / "while-down.jpg"
-    late.write_bytes(photo_bytes(6))
+    late.write_bytes(photo_bytes(6, 400))  # its face is small: at 240 px dlib finds none
     existing.rename(watch / "before-start-renamed.jpg")
     d2 = Daemon(tmp_path, watch).start()  # a tray is wanted, but there is no DISPLAY: headless
     d2.wait_done(6)

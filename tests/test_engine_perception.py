@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ghostmesh_daemon.engine.perception import (PerceptualBounds, jnd_map, rgb_to_ycc, shape_for, uniform_bounds,
-                                                ycc_to_rgb)
+from ghostmesh_daemon.engine.perception import (PerceptualBounds, jnd_map, jnd_terms, rgb_to_ycc, shape_for,
+                                                uniform_bounds, ycc_to_rgb)
 from ghostmesh_daemon.engine.scene import Face, ViewGeometry
 from ghostmesh_daemon.engine.synthesis import Bounds, Perturbation, view_coordinates
 
@@ -78,7 +78,10 @@ def test_jnd_and_chroma_bounds_hold_exactly_at_every_pixel(mode, photo):
     bound = shape.channel_bounds(shape.jnd) * shape.noise_mask_at(coords)
     # 1e-5 (a 400th of an 8-bit level): grid_sample's float arithmetic at the identity, not the noise
     assert torch.all(ycc.abs() <= bound + 1e-5)
-    assert torch.all(ycc[:, 1:].abs() <= 0.25 * shape.jnd + 1e-5)  # chroma a quarter of luma's
+    assert torch.all(ycc[:, 1:].abs() <= 0.25 * shape.jnd[:, :1] + 1e-5)  # chroma a quarter of luma's at most
+    # and colour does not grow with texture: never more than a quarter of the flat-region JND
+    flat_jnd = jnd_terms(photo)[:, 1:2]
+    assert torch.all(ycc[:, 1:].abs() <= 0.25 * flat_jnd + 1e-5)
     # the bound is used (not met trivially) where the face is, and nothing changes away from it
     used = ycc[:, 0].abs() / bound[:, 0].clamp_min(1e-9)
     assert float(used[0, 60, 70:90].min()) > 0.99

@@ -52,18 +52,26 @@ def rgb_to_ycc(rgb: Tensor) -> Tensor:
     return torch.einsum("ij,bjhw->bihw", RGB_TO_YCC.to(rgb), rgb)
 
 
-@torch.no_grad()
 def jnd_map(x: Tensor, band: int = 1024, flat: float = 1.0) -> Tensor:
-    """Chou & Li's luma JND of ``x`` (1, 3, H, W) in [0, 1], as (1, 1, H, W) in [0, 1] units.
+    """Chou & Li's luma JND of ``x`` (1, 3, H, W) in [0, 1], as (1, 1, H, W) in [0, 1] units
+    (``flat``: see :func:`jnd_terms`)."""
+    texture, luminance = jnd_terms(x, band).unbind(1)
+    return torch.maximum(texture, flat * luminance)[:, None]
 
-    ``flat`` scales the luminance-adaptation term, which alone sets the bound where there is no
-    texture: Chou & Li measured it for noise, and an optimized perturbation is not noise (on smooth
-    cheeks it forms streaks people see at the noise's JND), so smooth skin gets less and texture and
-    edges, where masking hides structure too, keep theirs. Computed in row bands (with the 2-pixel
-    overlap the 5x5 operators need) so a 24 MP photo does not hold four full-size gradient planes.
+
+@torch.no_grad()
+def jnd_terms(x: Tensor, band: int = 1024) -> Tensor:
+    """Chou & Li's two JND terms of ``x`` (1, 3, H, W) in [0, 1], as (1, 2, H, W) in [0, 1] units:
+    texture masking (edges, hair and beard hide more) and luminance adaptation (dark and very bright
+    backgrounds hide more); the JND is the larger of the two.
+
+    ``flat`` in :func:`jnd_map` scales the luminance term, which alone sets the bound where there is
+    no texture: Chou & Li measured it for noise, and an optimized perturbation is not noise (on
+    smooth cheeks it forms streaks people see at the noise's JND). Computed in row bands (with the
+    2-pixel overlap the 5x5 operators need) so a 24 MP photo does not hold four full-size planes.
     """
     H = x.shape[-2]
-    out = x.new_empty(1, 1, *x.shape[-2:])
+    out = x.new_empty(1, 2, *x.shape[-2:])
     bg_k, grad_k = _BG.to(x)[None, None], _GRAD.to(x)
     for r0 in range(0, H, band):
         r1 = min(H, r0 + band)
@@ -74,8 +82,8 @@ def jnd_map(x: Tensor, band: int = 1024, flat: float = 1.0) -> Tensor:
         mg = F.conv2d(y, grad_k).abs().amax(dim=1, keepdim=True)
         texture = mg * (0.0001 * bg + 0.115) + (0.5 - 0.01 * bg)
         luminance = torch.where(bg <= 127, 17 * (1 - torch.sqrt(bg.clamp(min=0) / 127)) + 3, 3 / 128 * (bg - 127) + 3)
-        jnd = torch.maximum(texture, flat * luminance) / 255.0
-        out[..., r0:r1, :] = jnd[..., r0 - i0: r0 - i0 + (r1 - r0), :]
+        terms = torch.cat([texture, luminance], dim=1) / 255.0
+        out[..., r0:r1, :] = terms[..., r0 - i0: r0 - i0 + (r1 - r0), :]
     return out
 
 
@@ -118,12 +126,14 @@ class FaceRegion:
 class PerceptualBounds:
     """Everything that bounds the perturbation per pixel; built once per photo by :func:`shape_for`.
 
-    ``jnd`` is the luma bound at native resolution (already scaled and capped); chroma gets
-    ``chroma_ratio`` of it. Noise lives where :meth:`noise_mask_at` is non-zero, the warp where
+    ``jnd`` holds the luma bound and the chroma bound at native resolution (already scaled and
+    capped), (1, 2, H, W). Chroma gets ``chroma_ratio`` of the luma bound, but never more than that
+    share of the flat-region JND: texture hides a change of brightness, not a change of colour (a
+    colour bound that grew with texture turned eyebrows and eyes purple). Noise lives where :meth:`noise_mask_at` is non-zero, the warp where
     :meth:`flow_limit_at` is, at most ``flow_fraction`` of each face's chip side in pixels.
     """
 
-    jnd: Tensor  # (1, 1, H, W)
+    jnd: Tensor  # (1, 2, H, W): luma bound, chroma bound
     chroma_ratio: float
     faces: tuple[FaceRegion, ...]
     noise_everywhere: bool
@@ -162,21 +172,24 @@ class PerceptualBounds:
         return out.to(coords.dtype)[:, None]
 
     def channel_bounds(self, jnd: Tensor) -> Tensor:
-        """(1, 1, h, w) luma JND -> (1, 3, h, w) bounds for (Y, Cb, Cr)."""
-        return torch.cat([jnd, self.chroma_ratio * jnd, self.chroma_ratio * jnd], dim=1)
+        """(1, 2, h, w) luma and chroma bounds -> (1, 3, h, w) bounds for (Y, Cb, Cr)."""
+        return torch.cat([jnd[:, :1], jnd[:, 1:2], jnd[:, 1:2]], dim=1)
 
 
 def shape_for(x: Tensor, faces: list[Face] | tuple[Face, ...], *, noise_limit: float, jnd_scale: float,
               chroma_ratio: float, flow_fraction: float, noise_everywhere: bool, flat: float = 1.0) -> PerceptualBounds:
     """The per-pixel bounds for photo ``x``: its JND scaled by ``jnd_scale`` and capped at ``noise_limit``."""
-    jnd = (jnd_map(x, flat=flat) * jnd_scale).clamp(max=noise_limit)
-    return PerceptualBounds(jnd, chroma_ratio, tuple(FaceRegion.of(f) for f in faces), noise_everywhere, flow_fraction)
+    texture, luminance = (jnd_terms(x) * jnd_scale).unbind(1)
+    luma = torch.maximum(texture, flat * luminance).clamp(max=noise_limit)
+    chroma = chroma_ratio * torch.minimum(luma, luminance)
+    return PerceptualBounds(torch.stack([luma, chroma], dim=1), chroma_ratio, tuple(FaceRegion.of(f) for f in faces), noise_everywhere, flow_fraction)
 
 
 def uniform_bounds(image_hw: tuple[int, int], faces=(), *, limit: float = 0.05, chroma_ratio: float = 1.0,
                    flow_fraction: float = 0.03, noise_everywhere: bool = True) -> PerceptualBounds:
     """The same luma bound everywhere (tests and synthetic checks)."""
-    return PerceptualBounds(torch.full((1, 1, *image_hw), float(limit)), chroma_ratio,
+    bounds = torch.tensor([limit, chroma_ratio * limit], dtype=torch.float32).reshape(1, 2, 1, 1).expand(1, 2, *image_hw)
+    return PerceptualBounds(bounds.contiguous(), chroma_ratio,
                             tuple(FaceRegion.of(f) for f in faces), noise_everywhere, flow_fraction)
 
 
