@@ -12,6 +12,9 @@ import pytest
 # Never reach for a model hub from a test: a missing model must be an error or a recorded warning.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Every Ray instance a test starts stays on loopback (Ray otherwise binds the machine's network
+# address so other nodes could join); read when ray is imported, and inherited by its workers.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

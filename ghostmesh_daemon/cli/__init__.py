@@ -17,7 +17,7 @@ from ..errors import ConfigError, GhostMeshError, ModelUnavailable, UsageError
 from .env import Env, ExitStatus
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ["protect", "verify", "models", "service", "run", "control"]
+COMMAND_MODULES = ["protect", "verify", "models", "service", "run", "control", "batch"]
 
 
 class _Parser(argparse.ArgumentParser):
