@@ -79,8 +79,17 @@ def load_targets(settings: EngineSettings, device: torch.device, warn: Callable[
     targets, warnings = [], []
     for name in names:
         try:
+            decision = _check_hub_model(settings.siglip_model, warn) if name == "siglip" else None
             goal = settings.face_goal if name != "siglip" else settings.image_goal
-            targets.append(create_target(name, device=device, goal=goal, siglip_model=settings.siglip_model, auto=auto))
+            try:
+                targets.append(create_target(name, device=device, goal=goal, siglip_model=settings.siglip_model,
+                                             auto=auto))
+            except ModelUnavailable as e:
+                if decision is not None and decision.download:
+                    from .hub import download_failed
+
+                    download_failed(e.reason)  # not again for a day
+                raise
         except ModelUnavailable as e:
             if not auto:
                 raise
@@ -90,6 +99,26 @@ def load_targets(settings: EngineSettings, device: torch.device, warn: Callable[
     if not targets:
         raise ModelUnavailable("any target", "no target could be loaded", "See `ghostmesh models`.")
     return targets, warnings
+
+
+def _check_hub_model(model: str, warn: Callable[[str], None]):
+    """Decide whether SigLIP can load without waiting on a network that is not there
+    (:func:`ghostmesh_daemon.hub.decide`): raises :class:`ModelUnavailable` at once when it cannot;
+    says so in one line before a first download."""
+    from .hub import decide
+
+    decision = decide(model)
+    if not decision.usable:
+        raise ModelUnavailable(
+            f"siglip ({model})", decision.reason,
+            f"Download it once with network access (`ghostmesh models --probe`, or python -c \"from transformers "
+            f"import SiglipVisionModel; SiglipVisionModel.from_pretrained('{model}')\"), or point "
+            "engine.siglip_model at a local folder holding config.json and model.safetensors.",
+        )
+    if decision.download:
+        warn(f"SigLIP ({model}) is not on this machine yet: downloading it once from the Hugging Face hub "
+             "(about 800 MB for the base model) into its cache; later runs use the cache")
+    return decision
 
 
 def _to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -72,6 +72,13 @@ class ReportEntry:
         return asdict(self)
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ReportEntry":
+        """The entry :meth:`to_dict` gave (the daemon's hand-off sends entries as JSON)."""
+        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        values["target_results"] = {name: TargetResult(**r) for name, r in (data.get("target_results") or {}).items()}
+        return cls(**values)
+
+    @classmethod
     def failed(cls, path: str | Path, reason: str, **kw: Any) -> "ReportEntry":
         return cls(input=str(path), output=None, status="failed", reason=reason, **kw)
 

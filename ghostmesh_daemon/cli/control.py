@@ -61,6 +61,8 @@ def format_status(s: dict[str, Any], cmd: str = "status") -> str:
         lines.append(f"current:  {cur['path']}{prog} ({cur['seconds']:.0f} s)")
     c = s["counts"]
     lines.append(f"queue:    {s['queue']} waiting" + (" (scanning)" if s.get("scanning") else ""))
+    if s.get("handoffs"):
+        lines.append(f"hand-off: {s['handoffs']} photo(s) from `ghostmesh protect` or an editor, ahead of the queue")
     lines.append(f"done:     {c['done']} protected, {c.get('weak', 0)} weak (not protected), {c['failed']} failed, "
                  f"{c['skipped']} skipped")
     models = s.get("models") or {}

@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write a weak copy under the protected name anyway (with --in-place: replace the file); "
                    "it is still reported weak and the exit status is still 1")
     p.add_argument("--quiet", action="store_true", help="print only errors")
+    p.add_argument("--no-daemon", action="store_true",
+                   help="protect here even when the daemon runs (by default a running daemon, its models "
+                   "already loaded, does the work; also GHOSTMESH_NO_DAEMON=1)")
     add_engine_options(p)
     p.set_defaults(handler=run)
 
@@ -111,26 +114,45 @@ def run(args: argparse.Namespace, env: Env) -> ExitStatus:
     if args.out_dir is not None and not args.out_dir.is_dir():
         raise UsageError(f"ghostmesh protect: --out-dir {args.out_dir}: not an existing folder")
     settings = engine_settings_from_args(args)
-
-    from ..pipeline import Protector
-
-    protector = Protector(settings, warn=lambda m: env.stderr.write(f"WARNING: {m}\n"))
     entries: list[ReportEntry] = []
-    for f in files:
-        if not f.exists():
-            entries.append(ReportEntry.failed(f, "no such file"))
-        else:
-            entries.append(_protect_one(protector, f, args, env))
-        entry = entries[-1]
+    model_warnings: list[str] = []
+
+    def emit(entry: ReportEntry) -> None:
+        entries.append(entry)
         # Warnings first: the photo's own line is the last one (editor plugins show the last line).
         for w in entry.warnings:
-            if w not in protector.warnings:
-                _write(env, env.stderr, f"{f}: {w}")
+            if w not in model_warnings:
+                _write(env, env.stderr, f"{entry.input}: {w}")
         line = summary_line(entry, args.in_place)
         if entry.status in ("failed", "weak"):
             _write(env, env.stderr, line)
         elif not args.quiet:
             _write(env, env.stdout, line)
+
+    todo = files
+    if not (args.no_daemon or env.environ.get("GHOSTMESH_NO_DAEMON", "") not in ("", "0")):
+        from .handoff import protect_via_daemon
+
+        pos = 0
+
+        def handed(entry: ReportEntry) -> None:  # the daemon's entries come in the files' order
+            nonlocal pos
+            while not files[pos].exists():
+                emit(ReportEntry.failed(files[pos], "no such file"))
+                pos += 1
+            emit(entry)
+            pos += 1
+
+        protect_via_daemon([f for f in files if f.exists()], args, settings, env, handed, model_warnings)
+        # What the daemon left (it could not take the run, or it stopped) is done here, in order.
+        todo = files[pos:]
+    if todo:
+        from ..pipeline import Protector
+
+        protector = Protector(settings, warn=lambda m: env.stderr.write(f"WARNING: {m}\n"))
+        model_warnings[:] = protector.warnings
+        for f in todo:
+            emit(ReportEntry.failed(f, "no such file") if not f.exists() else _protect_one(protector, f, args, env))
     if args.report:
         write_report(entries, args.report)
     return ExitStatus.ERROR if any(e.status in ("failed", "weak") for e in entries) else ExitStatus.OK

@@ -144,7 +144,8 @@ def run(args: argparse.Namespace, env: Env) -> ExitStatus:
         models = {"targets": list(protector.target_names), "device": str(protector.device),
                   "preset": settings.preset, "steps": settings.steps, "warnings": list(protector.warnings)}
         log.info("engine ready: targets %s on %s", ", ".join(models["targets"]), models["device"])
-        daemon = Daemon(config, make_processor(protector, config), models=models, tray=not args.no_tray, where=where)
+        daemon = Daemon(config, make_processor(protector, config), models=models, tray=not args.no_tray, where=where,
+                        protector=protector)
         return ExitStatus(daemon.run())
     finally:
         close_logging()

@@ -58,8 +58,11 @@ class Daemon:
         tray: bool = True,
         where: DaemonPaths | None = None,
         stop_grace: float = 4.0,
+        protector: Any = None,
     ) -> None:
         self.config = config
+        #: the loaded engine, for photos handed over by `ghostmesh protect` (daemon/handoff.py)
+        self.protector = protector
         self.where = where or DaemonPaths()
         self.want_tray = tray and config["tray.enabled"]
         self.roots = [f.path for f in config.folders]
@@ -135,7 +138,13 @@ class Daemon:
         self.debouncer.start()
         self.watcher.start()
         self.controller.rescan()
-        self.server = ControlServer(self.where.socket, self.answer)
+        handoff = None
+        if self.protector is not None:
+            from .handoff import HandoffService
+
+            handoff = HandoffService(self.protector, self.controller,
+                                     paused=lambda: list(self.controller.ask(GetStatus())["pause_reasons"]))
+        self.server = ControlServer(self.where.socket, self.answer, stream=handoff)
         self.server.start()
         self.scheduler.start()
         if self.want_tray:

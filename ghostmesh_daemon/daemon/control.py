@@ -20,18 +20,27 @@ from typing import Any, Callable
 log = logging.getLogger("ghostmesh.daemon")
 
 COMMANDS = ("status", "pause", "resume")
-MAX_REQUEST = 64 * 1024
+#: Commands answered with a stream of JSON lines (``protect``: the hand-off of ``ghostmesh protect``).
+STREAM_COMMANDS = ("protect",)
+MAX_REQUEST = 1024 * 1024
 
 
 class ControlUnavailable(Exception):
     """No daemon answers on the socket."""
 
 
-def _peer_uid(sock: socket.socket) -> int | None:
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """``(pid, uid, gid)`` of the process at the other end (Linux SO_PEERCRED), or ``None``."""
     if not hasattr(socket, "SO_PEERCRED"):
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    creds = peer_credentials(sock)
+    return None if creds is None else creds[1]
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -47,6 +56,9 @@ class _Handler(socketserver.StreamRequestHandler):
         try:
             request = json.loads(line)
             cmd = request["cmd"]
+            if cmd in STREAM_COMMANDS and server.stream is not None:
+                self._stream(server, request)
+                return
             if cmd not in COMMANDS:
                 raise ValueError(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
             reply = {"ok": True, **server.answer(cmd)}
@@ -56,13 +68,33 @@ class _Handler(socketserver.StreamRequestHandler):
             reply = {"ok": False, "error": str(e) or type(e).__name__}
         self.wfile.write(json.dumps(reply).encode() + b"\n")
 
+    def _stream(self, server: "ControlServer", request: dict[str, Any]) -> None:
+        """Answer with one JSON line per event until the streaming handler returns. A client that
+        goes away makes ``send`` raise :class:`BrokenPipeError`, which the handler treats as a
+        cancellation."""
+        # Writes may wait on a slow reader, but never for minutes: the client reads continuously.
+        self.connection.settimeout(60)
+
+        def send(event: dict[str, Any]) -> None:
+            self.wfile.write(json.dumps(event).encode() + b"\n")
+            self.wfile.flush()
+
+        try:
+            server.stream(request, peer_credentials(self.connection), send)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            log.info("control socket: the client of a %s request went away", request.get("cmd"))
+
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, path: Path, answer: Callable[[str], dict[str, Any]]) -> None:
+    def __init__(self, path: Path, answer: Callable[[str], dict[str, Any]],
+                 stream: Callable[[dict[str, Any], tuple[int, int, int] | None, Callable[[dict[str, Any]], None]], None]
+                 | None = None) -> None:
         self.answer = answer
+        #: ``stream(request, (pid, uid, gid) or None, send)`` answers the streaming commands
+        self.stream = stream
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path.parent, 0o700)

@@ -9,6 +9,7 @@ merge into one more scan.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -106,6 +107,43 @@ class Finished:
     seconds: float
 
 
+@dataclass(eq=False)
+class HandoffJob:
+    """A photo handed over by ``ghostmesh protect`` (or an editor's export hook) that a caller is
+    waiting for: it goes before the watched folders' backlog and runs even while the daemon is
+    paused (the user asked for it explicitly). Not in the ledger: the caller gets the report entry.
+
+    ``run(should_stop, progress)`` does the work on the worker thread; ``future`` gets its entry;
+    ``cancelled`` is set when the caller went away (the photo stops at its next step).
+    """
+
+    path: str
+    run: Callable[..., ReportEntry]
+    on_progress: Callable[[int, int], None] | None = None
+    future: Future = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    hash: str = ""
+
+    def __post_init__(self) -> None:
+        self.hash = f"handoff-{id(self):x}"
+
+
+@dataclass
+class SubmitHandoff:
+    """Queue ``jobs`` ahead of the backlog; the reply is how many photos are ahead of them (the one
+    in progress and earlier hand-offs)."""
+
+    jobs: list[HandoffJob]
+    reply: Future = field(default_factory=Future)
+
+
+@dataclass
+class HandoffFinished:
+    job: HandoffJob
+    entry: ReportEntry
+    seconds: float
+
+
 @dataclass
 class Maintain:
     reply: Future = field(default_factory=Future)
@@ -129,14 +167,14 @@ class Worker:
         self._process = process
         self._post = post
         self._stop_event = stop_event
-        self._jobs: queue.Queue[Photo | None] = queue.Queue(maxsize=1)
+        self._jobs: queue.Queue[Photo | HandoffJob | None] = queue.Queue(maxsize=1)
         self._thread = threading.Thread(target=self._run, name="ghostmesh-worker", daemon=True)
-        self.busy_with: Photo | None = None  # read and written by the controller thread only
+        self.busy_with: Photo | HandoffJob | None = None  # read and written by the controller thread only
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, photo: Photo) -> None:
+    def submit(self, photo: Photo | HandoffJob) -> None:
         self.busy_with = photo
         self._jobs.put_nowait(photo)
 
@@ -154,6 +192,9 @@ class Worker:
     def _run(self) -> None:
         while (photo := self._jobs.get()) is not None:
             started = time.monotonic()
+            if isinstance(photo, HandoffJob):
+                self._run_handoff(photo, started)
+                continue
 
             def progress(step: int, total: int, _h: str = photo.hash) -> None:
                 self._post(Progress(_h, step, total))
@@ -164,6 +205,25 @@ class Worker:
                 log.exception("%s: processing raised", photo.path)
                 entry = ReportEntry.failed(photo.path, f"internal error: {type(e).__name__}: {e}")
             self._post(Finished(photo, entry, self._stop_event.is_set(), time.monotonic() - started))
+
+    def _run_handoff(self, job: HandoffJob, started: float) -> None:
+        def progress(step: int, total: int) -> None:
+            self._post(Progress(job.hash, step, total))
+            if job.on_progress is not None:
+                try:
+                    job.on_progress(step, total)
+                except Exception:  # the caller went away: stop at the next step
+                    job.cancelled.set()
+
+        def should_stop() -> bool:
+            return self._stop_event.is_set() or job.cancelled.is_set()
+
+        try:
+            entry = job.run(should_stop=should_stop, progress=progress)
+        except Exception as e:
+            log.exception("%s: processing a hand-off raised", job.path)
+            entry = ReportEntry.failed(job.path, f"internal error: {type(e).__name__}: {e}")
+        self._post(HandoffFinished(job, entry, time.monotonic() - started))
 
 
 # --- the controller ------------------------------------------------------------------------------
@@ -211,6 +271,7 @@ class Controller:
         self._stopping = False
         self._stop_deadline: float | None = None
         self._last_summary: dict[str, Any] | None = None
+        self._handoffs: collections.deque[HandoffJob] = collections.deque()
         self._started_at = time.time()
         self.exited = threading.Event()
 
@@ -361,6 +422,28 @@ class Controller:
                 self._progress = (command.step, command.total)
         elif isinstance(command, Finished):
             self._on_finished(command)
+        elif isinstance(command, SubmitHandoff):
+            if self._stopping:
+                command.reply.set_exception(RuntimeError("the daemon is stopping"))
+                return
+            ahead = len(self._handoffs) + (self._worker.busy_with is not None)
+            self._handoffs.extend(command.jobs)
+            log.info("hand-off: %d photo(s) queued ahead of the backlog (%d ahead of them)", len(command.jobs), ahead)
+            command.reply.set_result(ahead)
+        elif isinstance(command, HandoffFinished):
+            self._worker.busy_with = None
+            self._started_current = None
+            self._progress = (0, 0)
+            e = command.entry
+            log.info("hand-off: %s: %s%s (%.1f s)", command.job.path, e.status,
+                     f" -> {e.output}" if e.output else f": {e.reason}" if e.reason else "", command.seconds)
+            if command.job.future.done():
+                pass
+            elif self._stop_event.is_set() and not command.job.cancelled.is_set() and e.status == "skipped":
+                # stopped by our own shutdown, not by its caller: the caller protects it itself
+                command.job.future.set_exception(RuntimeError("the daemon stopped before the photo was finished"))
+            else:
+                command.job.future.set_result(e)
         elif isinstance(command, Maintain):
             result = ledger.maintain()
             log.info("ledger maintenance: %s", result)
@@ -386,6 +469,16 @@ class Controller:
         """Hand the next pending photo to the worker, if it is idle and nothing holds us."""
         ledger = self._ledger
         assert ledger is not None
+        # Photos a caller waits for (hand-offs) first, even while paused: the user asked for them.
+        while self._worker.busy_with is None and self._handoffs and not self._stopping:
+            job = self._handoffs.popleft()
+            if job.cancelled.is_set():
+                job.future.cancel()
+                continue
+            self._progress = (0, 0)
+            self._started_current = time.time()
+            log.info("processing %s (hand-off)", job.path)
+            self._worker.submit(job)
         while self._worker.busy_with is None and not self._pause_reasons and not self._stopping:
             photo = ledger.next_pending()
             if photo is None:
@@ -543,6 +636,7 @@ class Controller:
             "paused": bool(self._pause_reasons),
             "pause_reasons": sorted(self._pause_reasons),
             "queue": counts["pending"],
+            "handoffs": len(self._handoffs) + isinstance(busy, HandoffJob),
             "done": counts["done"],
             "weak": counts["weak"],
             "failed": counts["failed"],
@@ -598,6 +692,13 @@ class Controller:
             reply = getattr(command, "reply", None)
             if reply is not None and not reply.done():
                 reply.set_exception(RuntimeError("the daemon is stopping"))
+        while self._handoffs:
+            job = self._handoffs.popleft()
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the daemon is stopping"))
+        busy = self._worker.busy_with
+        if isinstance(busy, HandoffJob) and not busy.future.done():
+            busy.future.set_exception(RuntimeError("the daemon stopped before the photo was finished"))
         if self._ledger is not None:
             self._ledger.close()
         self.exited.set()
