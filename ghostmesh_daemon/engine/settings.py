@@ -111,7 +111,9 @@ class EngineSettings:
 
 #: Preset defaults, judged at 100 % (native resolution). ``stealth`` (default): a person comparing
 #: before and after side by side at 100 % should not tell which is which: luma noise within one JND
-#: (at most 0.03), chroma within a quarter of it, a warp of at most 0.6 % of the face inside the
+#: (at most 0.03) where texture masks it and half of one on smooth skin (at a full JND MobileFace's
+#: pattern showed as horizontal streaks on smooth, bright skin), chroma within a quarter of the
+#: flat-region JND, a warp of at most 0.6 % of the face inside the
 #: inner face, a penalty on vertical warps (they read as "droopy eyes"), native face LPIPS <= 0.03.
 #: ``panic``: stronger and allowed to be visible: three JNDs where texture masks them (at most 0.05)
 #: but only 1.5 on smooth skin (an optimized pattern forms streaks there), chroma still a quarter of
@@ -119,7 +121,7 @@ class EngineSettings:
 #: (without it eyes drooped), native face LPIPS <= 0.06, up to 300 steps, and two re-aligned copies
 #: of each face per step (input diversity), which moved the held-out MobileFace furthest.
 PRESETS: dict[str, dict] = {
-    "stealth": {"noise_limit": 0.03, "jnd_scale": 1.0, "chroma_ratio": 0.25, "flow_limit": 0.006,
+    "stealth": {"noise_limit": 0.03, "jnd_scale": 1.0, "jnd_flat": 0.5, "chroma_ratio": 0.25, "flow_limit": 0.006,
                 "vertical_weight": 30.0, "face_lpips_budget": 0.03, "steps": 120, "align_samples": 0},
     "panic": {"noise_limit": 0.05, "jnd_scale": 3.0, "jnd_flat": 0.5, "chroma_ratio": 0.25, "flow_limit": 0.015,
               "vertical_weight": 30.0, "face_lpips_budget": 0.06, "steps": 300, "align_samples": 2},
