@@ -192,7 +192,7 @@ KEYS: tuple[Key, ...] = (
         _target_weights),
     Key("engine", "mode", "tanh", "How the noise is bounded: \"tanh\" or \"pgd\".", _choice("tanh", "pgd")),
     _preset_key("steps", "Optimizer steps per photo", _number(1, 100000, integer=True)),
-    _preset_key("noise_limit", "Largest change of any pixel value, as a fraction of full scale", _fraction),
+    _preset_key("noise_limit", "Cap on the per-pixel luma change (the just-noticeable-difference bound is clamped to it), as a fraction of full scale", _fraction),
     _preset_key("flow_limit", "Largest warp, as a fraction of each face's size", _fraction),
     _preset_key("align_samples",
                 "Input diversity: each step also shows the face models each face re-aligned (scaled, turned,\n"

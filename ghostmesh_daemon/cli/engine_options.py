@@ -97,7 +97,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=tuple(PRESETS), help="stealth (default) or panic (stronger, more visible)")
     g.add_argument("--steps", type=_positive_int, metavar="N", help="optimizer steps (default: the preset's)")
     g.add_argument("--noise-limit", type=_fraction, metavar="F",
-                   help=f"max per-pixel noise, fraction of full scale (default: {_preset_default('noise_limit')})")
+                   help=f"cap on the per-pixel luma change (the JND bound is clamped to it), fraction of full scale (default: {_preset_default('noise_limit')})")
     g.add_argument("--flow-limit", type=_fraction, metavar="F",
                    help=f"max warp, fraction of each face's size (default: {_preset_default('flow_limit')})")
     g.add_argument("--lpips-budget", type=_fraction, metavar="F",
