@@ -145,10 +145,6 @@ class PerceptualBounds:
     def image_hw(self) -> tuple[int, int]:
         return tuple(self.jnd.shape[-2:])
 
-    def to(self, device) -> "PerceptualBounds":
-        return PerceptualBounds(self.jnd.to(device), self.chroma_ratio, self.faces, self.noise_everywhere,
-                                self.flow_fraction, self.noise_disc, self.flow_disc)
-
     def _pixels(self, coords: Tensor) -> Tensor:
         """Photo-normalised coordinates (1, h, w, 2) to image pixel coordinates (centres at integers)."""
         H, W = self.image_hw
