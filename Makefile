@@ -32,9 +32,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -e '.[bench]'
-	$(PY) -m benchmarks.protection --name protection_face
+	$(PY) -m benchmarks.protection --targets auto --preset stealth --name protection_stealth
+	$(PY) -m benchmarks.protection --targets auto --preset panic --name protection_panic
 	$(PY) -m benchmarks.speed
-	$(PY) -m benchmarks.robustness --reuse
+	$(PY) -m benchmarks.startup
+	$(PY) -m benchmarks.batch
 	$(PY) -m benchmarks.io_overhead
 
 clean:
