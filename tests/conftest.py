@@ -29,6 +29,25 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``ghostmesh ARGV...`` in this process: (exit status, stdout, stderr)."""
+    import io
+
+    from ghostmesh_daemon.cli import main
+    from ghostmesh_daemon.cli.env import Env
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), Env(stdout=out, stderr=err, environ={}))
+    return int(code), out.getvalue(), err.getvalue()
+
+
+def sha(path: Path) -> str:
+    """SHA-256 of a file's bytes (originals must be byte-identical after a run)."""
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return shared_data()

@@ -8,7 +8,6 @@ written): these tests are about the batch machinery, not the protection.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -24,11 +23,10 @@ from PIL import Image
 
 from ghostmesh_daemon.batch.driver import EARLIER_NOTE, write_report_stream
 from ghostmesh_daemon.batch.ledger import BatchLedger
-from ghostmesh_daemon.cli import main
-from ghostmesh_daemon.cli.env import Env, ExitStatus
+from ghostmesh_daemon.cli.env import ExitStatus
 from ghostmesh_daemon.report import ReportEntry, write_report
 
-from conftest import ROOT, shared_data
+from conftest import ROOT, run_cli, sha, shared_data
 
 CHEAP = ["--steps", "1", "--targets", "face", "--keep-weak"]
 FACES = {"obama.jpg": ("obama", "obama.jpg"), "biden.jpg": ("biden", "biden.jpg"),
@@ -111,16 +109,6 @@ def make_library(root: Path, faces: dict[str, bytes], *, extras: bool = False) -
         Image.new("RGB", (120, 90), (90, 140, 200)).save(lib / "sky.jpg", quality=90)
         (lib / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
     return lib
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), Env(stdout=out, stderr=err, environ={}))
-    return int(code), out.getvalue(), err.getvalue()
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def hashes(lib: Path) -> dict[str, str]:
@@ -304,11 +292,12 @@ def _bare_worker(node: str):
 
 
 def test_transfer_auto_asks_for_bytes_only_where_the_photo_is_not_the_same(tmp_path):
-    from ghostmesh_daemon.batch.worker import Job, sha256_file
+    from ghostmesh_daemon.batch.worker import Job
+    from ghostmesh_daemon.daemon.readiness import content_hash
 
     photo = tmp_path / "a.jpg"
     photo.write_bytes(b"photo")
-    elsewhere = Job(src=str(tmp_path / "absent.jpg"), dest=str(tmp_path / "absent.ghost.jpg"), hash=sha256_file(photo),
+    elsewhere = Job(src=str(tmp_path / "absent.jpg"), dest=str(tmp_path / "absent.ghost.jpg"), hash=content_hash(photo),
                     driver_node="driver", transfer="auto")
     assert _bare_worker("other")._shared(elsewhere).need_bytes
     forced = _bare_worker("other")._shared(Job(**{**elsewhere.__dict__, "transfer": "shared"}))

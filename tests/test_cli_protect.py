@@ -6,8 +6,6 @@ them quick. Engine quality is measured by the benchmarks, not here.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -15,23 +13,12 @@ import piexif
 import pytest
 from PIL import Image
 
-from ghostmesh_daemon.cli import main
-from ghostmesh_daemon.cli.env import Env, ExitStatus
+from ghostmesh_daemon.cli.env import ExitStatus
 from ghostmesh_daemon.engine import settings_for
 
-from conftest import shared_data
+from conftest import run_cli, sha, shared_data
 
 FAST = ["--steps", "2", "--targets", "face"]
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), Env(stdout=out, stderr=err, environ={}))
-    return int(code), out.getvalue(), err.getvalue()
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture

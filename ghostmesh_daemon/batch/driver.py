@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from ..daemon.readiness import content_hash
 from ..engine import EngineSettings
 from ..imaging import SUPPORTED_SUFFIXES, is_output, output_path
 from ..imaging.atomic import atomic_output, is_temp
 from ..report import ReportEntry
 from .ledger import FINAL, BatchLedger, Row, exclusive
-from .worker import BatchWorker, Job, Outcome, clean_stale_temps, sha256_file
+from .worker import BatchWorker, Job, Outcome, clean_stale_temps
 
 log = logging.getLogger("ghostmesh.batch")
 
@@ -374,7 +375,7 @@ def _run(opts: BackfillOptions, ledger: BatchLedger, on_entry: OnEntry, progress
         for src in walk(opts.paths):
             try:
                 st = src.stat()
-                content = ledger.known_hash(str(src), st.st_size, st.st_mtime_ns) or sha256_file(src)
+                content = ledger.known_hash(str(src), st.st_size, st.st_mtime_ns) or content_hash(src)
             except OSError as e:
                 entry = ReportEntry.failed(src, "no such file" if isinstance(e, FileNotFoundError)
                                            else f"cannot read: {e.strerror or e}").to_dict()

@@ -18,7 +18,6 @@ driver sends the bytes (and keeps sending bytes to that worker).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -27,22 +26,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..daemon.readiness import content_hash
 from ..engine import EngineSettings
 from ..imaging.atomic import TEMP_MARKER
 from ..report import ReportEntry
 
 log = logging.getLogger("ghostmesh.batch")
-
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def clean_stale_temps(dest: Path) -> int:
     """Remove the hidden temporaries a killed writer left beside ``dest`` (``.<name>.ghosttmp-*``).
@@ -123,7 +112,7 @@ class BatchWorker:
     def _shared(self, job: Job) -> Outcome:
         src = Path(job.src)
         try:
-            same = src.is_file() and sha256_file(src) == job.hash
+            same = src.is_file() and content_hash(src) == job.hash
         except OSError:
             same = False
         if not same:
