@@ -28,7 +28,6 @@ writes ``benchmarks/results/NAME.json``, ``NAME.md`` and ``NAME_contact_sheet.jp
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -141,48 +140,37 @@ def lpips_model(net: str = "alex", device: torch.device | str | None = None):
     return _lpips(net, str(torch.device(device) if device is not None else default_device()))
 
 
-def _tiles(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
-    """Near-equal tiles (y0, y1, x0, x1) of at most ``tile`` px a side covering an h x w image."""
-    ny, nx = max(1, math.ceil(h / tile)), max(1, math.ceil(w / tile))
-    ys = [round(i * h / ny) for i in range(ny + 1)]
-    xs = [round(i * w / nx) for i in range(nx + 1)]
-    return [(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(ny) for j in range(nx)]
-
-
-@torch.no_grad()
-def _lpips_features(model, x: torch.Tensor) -> list[torch.Tensor]:
-    import lpips
-
-    feats = model.net.forward(model.scaling_layer(2 * x - 1))
-    return [lpips.normalize_tensor(f) for f in feats]
-
-
 @torch.no_grad()
 def lpips_many(model, ref: torch.Tensor, others: list[torch.Tensor], tile: int = TILE) -> list[float]:
     """LPIPS(ref, o) for each o, at native scale: tiles of at most ``tile`` px, area-weighted mean.
 
-    The reference's features are computed once per tile and shared (the same numbers as
+    The reference's features are computed once per tile and shared (the engine's
+    :class:`~ghostmesh_daemon.engine.losses.ReferenceLPIPS`, the same numbers as
     ``model(ref, o, normalize=True)`` on each tile).
     """
+    from ghostmesh_daemon.engine.losses import ReferenceLPIPS, tiles
+
     device = next(model.parameters()).device
     h, w = ref.shape[-2:]
     sums = [0.0] * len(others)
-    for y0, y1, x0, x1 in _tiles(h, w, tile):
-        r = _lpips_features(model, ref[..., y0:y1, x0:x1].to(device))
+    for y0, y1, x0, x1 in tiles(h, w, tile):
+        measure = ReferenceLPIPS(model, ref[..., y0:y1, x0:x1].to(device))
         for k, o in enumerate(others):
-            f = _lpips_features(model, o[..., y0:y1, x0:x1].to(device))
-            d = sum(model.lins[i]((fr - fo) ** 2).mean(dim=(2, 3)) for i, (fr, fo) in enumerate(zip(r, f)))
-            sums[k] += float(d.sum()) * (y1 - y0) * (x1 - x0)
+            sums[k] += float(measure(o[..., y0:y1, x0:x1].to(device))) * (y1 - y0) * (x1 - x0)
     return [s / (h * w) for s in sums]
 
 
 def whole_photo_lpips_native(a, b, tile: int = TILE, device: torch.device | str | None = None) -> float:
-    """LPIPS-AlexNet of two whole photos at native scale: tiles of at most ``tile`` px, area-weighted mean.
+    """LPIPS-AlexNet of two whole photos at native scale: tiles of at most ``tile`` px, area-weighted mean
+    (the engine's own native measure, :func:`~ghostmesh_daemon.engine.losses.tiled_lpips`).
 
     ``a``/``b``: (H, W, 3) uint8 arrays or (1, 3, H, W) tensors in [0, 1].
     """
+    from ghostmesh_daemon.engine.losses import tiled_lpips
+
     model = lpips_model("alex", device)
-    return lpips_many(model, to_tensor(a), [to_tensor(b)], tile)[0]
+    target = next(model.parameters()).device
+    return tiled_lpips(model, to_tensor(a).to(target), to_tensor(b).to(target), tile)
 
 
 def ms_ssim_scales(h: int, w: int) -> int:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from benchmarks import quality as q
+from ghostmesh_daemon.engine.losses import tiles
 
 from conftest import shared_data
 
@@ -102,7 +103,7 @@ def test_whole_photo_lpips_native_tiles():
     # smooth structure plus texture, 2000 x 1500: 2 x 2 tiles of at most 1024 px
     base = torch.nn.functional.interpolate(torch.rand(1, 3, 30, 40, generator=g), size=(1500, 2000), mode="bicubic")
     a = (base + 0.05 * torch.rand(1, 3, 1500, 2000, generator=g)).clamp(0, 1)
-    assert q._tiles(1500, 2000, 1024) == [(0, 750, 0, 1000), (0, 750, 1000, 2000), (750, 1500, 0, 1000), (750, 1500, 1000, 2000)]
+    assert tiles(1500, 2000, 1024) == [(0, 750, 0, 1000), (0, 750, 1000, 2000), (750, 1500, 0, 1000), (750, 1500, 1000, 2000)]
     value = q.whole_photo_lpips_native(a, q.noise_crop(a, 2), device="cpu")
     assert 0.001 < value < 0.5
     # an image against itself is 0, and the value is the area-weighted mean of the tiles, each measured by
@@ -110,11 +111,11 @@ def test_whole_photo_lpips_native_tiles():
     small, noisy = a[..., :400, :900], q.noise_crop(a[..., :400, :900], 4)
     assert q.whole_photo_lpips_native(small, small, tile=384, device="cpu") == pytest.approx(0.0, abs=1e-7)
     model = q.lpips_model("alex", "cpu")
-    tiles = q._tiles(400, 900, 384)
-    assert len(tiles) == 6 and all(y1 - y0 <= 384 and x1 - x0 <= 384 for y0, y1, x0, x1 in tiles)
+    boxes = tiles(400, 900, 384)
+    assert len(boxes) == 6 and all(y1 - y0 <= 384 and x1 - x0 <= 384 for y0, y1, x0, x1 in boxes)
     with torch.no_grad():
         parts = [(float(model(small[..., y0:y1, x0:x1], noisy[..., y0:y1, x0:x1], normalize=True)), (y1 - y0) * (x1 - x0))
-                 for y0, y1, x0, x1 in tiles]
+                 for y0, y1, x0, x1 in boxes]
     tiled = q.whole_photo_lpips_native(small, noisy, tile=384, device="cpu")
     assert tiled == pytest.approx(sum(v * n for v, n in parts) / (400 * 900), rel=1e-5)
 

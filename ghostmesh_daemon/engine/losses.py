@@ -119,17 +119,19 @@ def tiled_lpips(lpips: nn.Module, a: Tensor, b: Tensor, tile: int = 1024) -> flo
     on a 24 MP photo at once would need gigabytes, tiles do not.
     """
     H, W = a.shape[-2:]
-    ny, nx = -(-H // tile), -(-W // tile)
     total = 0.0
-    for i in range(ny):
-        for j in range(nx):
-            y0, y1 = i * H // ny, (i + 1) * H // ny
-            x0, x1 = j * W // nx, (j + 1) * W // nx
-            ta, tb = a[..., y0:y1, x0:x1], b[..., y0:y1, x0:x1]
-            if torch.equal(ta, tb):
-                continue  # identical pixels: LPIPS is exactly 0
-            total += float(ReferenceLPIPS(lpips, ta)(tb)) * (y1 - y0) * (x1 - x0)
+    for y0, y1, x0, x1 in tiles(H, W, tile):
+        ta, tb = a[..., y0:y1, x0:x1], b[..., y0:y1, x0:x1]
+        if torch.equal(ta, tb):
+            continue  # identical pixels: LPIPS is exactly 0
+        total += float(ReferenceLPIPS(lpips, ta)(tb)) * (y1 - y0) * (x1 - x0)
     return total / (H * W)
+
+
+def tiles(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """Near-equal tiles (y0, y1, x0, x1) of at most ``tile`` px a side covering an h x w image."""
+    ny, nx = -(-h // tile), -(-w // tile)
+    return [(i * h // ny, (i + 1) * h // ny, j * w // nx, (j + 1) * w // nx) for i in range(ny) for j in range(nx)]
 
 
 def psnr(a: Tensor, b: Tensor) -> float:
