@@ -33,6 +33,8 @@ class TargetResult:
     protected: list[bool]
     #: ``face`` (one row per face) or ``image`` (one row for the whole photo).
     kind: str = "face"
+    #: The model's own match threshold (its users call two inputs the same below it); None for image targets.
+    threshold: float | None = None
 
 
 @dataclass

@@ -64,7 +64,7 @@ def test_protect_writes_copies_and_a_full_report(photos, tmp_path):
     assert 0 < face["max_delta"] <= face["limits"]["noise_limit"] and face["psnr"] > 25 and face["ssim"] > 0.8
     rob = face["robustness"]
     assert rob["transform"] == "JPEG 75, long side 1080 px" and len(rob["face_dlib_distance"]) == 1
-    assert face["weak"] is True and "face 1 not protected against face (distance " in face["reason"]
+    assert face["weak"] is True and "face 1 still matched by face (distance " in face["reason"]
     assert "face" in rob["targets"]
     sky = entries[1]
     assert sky["faces"] == 0 and sky["output"] is None
@@ -72,7 +72,7 @@ def test_protect_writes_copies_and_a_full_report(photos, tmp_path):
     # EXIF carried over
     exif = piexif.load(str(photos / "face.ghost.jpg"))
     assert exif["0th"][piexif.ImageIFD.Model] == b"Canon EOS 40D"
-    assert f"{photos / 'face.jpg'} -> {photos / 'face.ghost.jpg'}: weak (kept at your request): face 1 not protected" in err
+    assert f"{photos / 'face.jpg'} -> {photos / 'face.ghost.jpg'}: weak (kept at your request): face 1 still matched" in err
     assert f"{photos / 'sky.jpg'}: skipped: no face found" in out
 
 
@@ -86,7 +86,7 @@ def test_a_photo_whose_budget_cannot_be_met_is_never_written_as_ok(photos, tmp_p
     assert not (photos / "face.ghost.jpg").exists()
     assert not [p for p in photos.iterdir() if p.name.startswith(".")]  # the measured candidate is gone
     (line,) = [ln for ln in err.splitlines() if "weak" in ln]
-    assert line.startswith(f"{photos / 'face.jpg'}: weak: face 1 not protected against face (distance ")
+    assert line.startswith(f"{photos / 'face.jpg'}: weak: face 1 still matched by face (distance ")
     assert line.endswith("(not written; --keep-weak writes it anyway)")
     assert out == ""
     (entry,) = json.loads(report.read_text())
@@ -99,7 +99,7 @@ def test_a_photo_whose_budget_cannot_be_met_is_never_written_as_ok(photos, tmp_p
     assert (photos / "face.ghost.jpg").exists()
     (entry,) = json.loads(report.read_text())
     assert entry["status"] == "weak" and entry["output"] == str(photos / "face.ghost.jpg")
-    assert "weak (kept at your request): face 1 not protected against face" in err
+    assert "weak (kept at your request): face 1 still matched by face" in err
 
 
 def test_no_face_with_face_only_targets_is_skipped_and_nothing_is_written(photos, tmp_path):
@@ -176,7 +176,7 @@ def test_in_place_weak_leaves_the_input_byte_identical(photos):
     assert target.read_bytes() == before
     assert not [p for p in photos.iterdir() if p.name.startswith(".")]
     last = err.rstrip().splitlines()[-1]  # the editor plugins show the last line
-    assert last.startswith(f"{target}: weak: face 1 not protected against face (distance ")
+    assert last.startswith(f"{target}: weak: face 1 still matched by face (distance ")
     assert last.endswith("(left unchanged; --keep-weak replaces it anyway)")
 
 
@@ -231,8 +231,8 @@ def test_verify_gives_the_report_numbers_and_the_same_verdict(photos):
     assert code == ExitStatus.ERROR, err  # the pair fails the verdict: weak
     entry = json.loads(out)
     assert entry["status"] == "weak" and entry["faces"] == 1 and entry["weak"] is True
-    assert entry["reason"].startswith("face 1 not protected against face (distance ")
-    assert f"{photos / 'face.ghost.jpg'}: weak: face 1 not protected against face" in err
+    assert entry["reason"].startswith("face 1 still matched by face (distance ")
+    assert f"{photos / 'face.ghost.jpg'}: weak: face 1 still matched by face" in err
     assert entry["target_results"]["face"]["distance_after"][0] > 0
     code, out, err = run_cli("verify", str(photos / "face.jpg"), str(photos / "sky.jpg"), "--targets", "face")
     assert code == ExitStatus.ERROR and "differs" in err

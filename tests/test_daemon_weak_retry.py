@@ -52,7 +52,7 @@ def test_a_weak_photo_is_retried_once_within_the_preset_and_nothing_is_written(f
     assert entry.steps == 2  # twice the steps (a weak run never stops early)
     (note,) = [n for n in entry.notes if n.startswith("retried once")]
     assert note.startswith("retried once with the same stealth preset, seed 1 and 2 steps: the first copy was weak "
-                           "(face 1 not protected against face")
+                           "(face 1 still matched by face")
     assert not output_path(face_photo).exists()
     assert [p.name for p in face_photo.parent.iterdir()] == ["face.jpg"]  # no temporaries either
 

@@ -300,7 +300,7 @@ def test_darktable_export_is_replaced_by_its_protected_version(tmp_path, export_
     assert dt.host.of("print_error") == [], dt.host.calls
     (shown,) = dt.host.of("print")
     assert shown[0].startswith("Ghost Mesh: IMG_0042.CR2 only weakly protected (kept at your request, --keep-weak): ")
-    assert "not protected against face" in shown[0]
+    assert "still matched by face" in shown[0]
     entry = read_report(report)
     assert entry["status"] == "weak" and entry["input"] == entry["output"] == str(photo)
     assert entry["steps"] == 2 and entry["targets"] == [TARGETS] and entry["max_delta"] > 0
@@ -324,7 +324,7 @@ def test_darktable_weak_export_is_reported_not_protected_and_moved_aside(tmp_pat
     (error,) = dt.host.of("print_error")
     message = error[0]
     assert message.startswith("Ghost Mesh could not protect IMG_0042.CR2: not protected enough (weak): face 1 "
-                              "not protected against face (distance "), message
+                              "still matched by face (distance "), message
     assert "left unchanged" not in message and "--keep-weak" not in message  # ghostmesh's hint for its own CLI
     assert ("print", message) in dt.host.calls
     assert not photo.exists()  # nothing unprotected under the export name
@@ -606,7 +606,7 @@ def test_lightroom_weak_rendition_is_not_exported_and_says_why(tmp_path, export_
     ((path, success, message),) = lr.host.of("renditionIsDone")
     assert (path, success) == (str(photo), False)
     assert message.startswith(f"Ghost Mesh could not protect {photo.name}: not protected enough (weak): face 1 "
-                              "not protected against face (distance "), message
+                              "still matched by face (distance "), message
     assert message.endswith("The photo was not exported.") and "--keep-weak" not in message
     assert not photo.exists()  # the unprotected render does not reach the destination
     assert list(export_dir.iterdir()) == []

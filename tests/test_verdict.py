@@ -15,9 +15,11 @@ from ghostmesh_daemon.verdict import apply_verdict, weak_reasons
 STEALTH = settings_for("stealth", face_lpips_budget=0.03, lpips_budget=0.05)  # budgets named: the tests read them
 
 
-def target(name: str, distances: list[float], goal: float = 1.0, kind: str = "face") -> TargetResult:
+def target(name: str, distances: list[float], goal: float = 1.0, kind: str = "face",
+           threshold: float | None = None) -> TargetResult:
     return TargetResult(name=name, cosine_before=[1.0] * len(distances), cosine_after=[0.0] * len(distances),
-                        distance_after=distances, goal=goal, protected=[d >= goal for d in distances], kind=kind)
+                        distance_after=distances, goal=goal, protected=[d >= goal for d in distances], kind=kind,
+                        threshold=threshold)
 
 
 def entry(*results: TargetResult, face_lpips=(0.02,), lpips=0.01, robustness=None) -> ReportEntry:
@@ -48,6 +50,21 @@ def test_a_target_not_reached_names_the_target_the_face_and_the_distance():
     assert e.status == "weak" and e.weak is True
     assert e.reason == ("face 2 not protected against face (distance 0.40 of goal 1.00); "
                         "faces 1 and 2 not protected against mobileface (distances 0.71, 0.20 of goal 1.00)")
+
+
+def test_a_face_model_is_judged_by_its_own_threshold_as_written_and_after_the_upload():
+    """Short of the goal but past the model's match threshold, also after the upload: not weak."""
+    r = target("face", [0.72, 0.68], threshold=0.6)
+    uploaded = {**upload(0.7, 0.7), "targets": {"face": {"distance_after": [0.66, 0.63]}}}
+    assert weak_reasons(entry(r, face_lpips=(0.02, 0.02), robustness=uploaded), STEALTH) == []
+    # The upload pulls face 2 back under the threshold: weak, both figures named.
+    uploaded["targets"]["face"]["distance_after"] = [0.66, 0.55]
+    assert weak_reasons(entry(r, face_lpips=(0.02, 0.02), robustness=uploaded), STEALTH) == [
+        "face 2 still matched by face (distance 0.68, 0.55 after an upload; below 0.6 it calls them the same person)"]
+    # Under the threshold as written (no upload check ran): weak.
+    r = target("mobileface", [0.9, 0.5], threshold=0.775)
+    assert weak_reasons(entry(r, face_lpips=(0.02, 0.02)), STEALTH) == [
+        "face 2 still matched by mobileface (distance 0.50; below 0.775 it calls them the same person)"]
 
 
 def test_the_image_target_reads_as_the_photo_and_small_goals_stay_readable():
