@@ -8,5 +8,7 @@ from . import face_dlib as _face_dlib  # noqa: E402,F401
 from . import siglip as _siglip  # noqa: E402,F401
 from . import mobileface as _mobileface  # noqa: E402,F401
 from . import mobilefacenet as _mobilefacenet  # noqa: E402,F401  (a held-out judge: not in auto)
+from . import sface as _sface  # noqa: E402,F401
+from . import facenet as _facenet  # noqa: E402,F401
 
 __all__ = ["Target", "TargetInfo", "create_target", "list_targets", "register_target"]
