@@ -159,11 +159,19 @@ def main() -> None:
     if args.eot is not None:
         settings = replace(settings, eot_samples=args.eot)
     settings = override_settings(settings, args.set)
-    protector = Protector(settings)
-    targets = protector.target_names
-    judges = [EmbedderJudge(n) for n in judge_names(args.judges, targets)]
+    run(settings, args.name, face_photos()[: args.limit], args.judges)
 
-    refs = {}
+
+_REFS: dict[tuple[str, ...], dict] = {}
+
+
+def reference_embeddings(judges: list[EmbedderJudge]) -> dict[Path, tuple[str, np.ndarray, dict]]:
+    """(person, dlib descriptor, {judge: embedding}) of the largest face of every reference photo
+    (computed once per set of judges: a sweep of configurations reuses them)."""
+    key = tuple(j.name for j in judges)
+    if key in _REFS:
+        return _REFS[key]
+    refs = _REFS[key] = {}
     for person, path in references():
         found = find_faces(_uint8(path))
         if found:  # the largest face is the person's (detect_faces lists the largest first)
@@ -173,6 +181,17 @@ def main() -> None:
                 by_judge[judge.name] = emb[0] if emb else None
             refs[path] = (person, max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).descriptor,
                           by_judge)
+    return refs
+
+
+def run(settings: EngineSettings, name: str, photos: list[tuple[str, Path]], judges_requested: str | None = None,
+        contact_sheet: bool = True, quiet: bool = False, write: bool = True) -> dict:
+    """Protect ``photos`` with ``settings``, judge every same-person pair, measure quality; write
+    ``benchmarks/results/<name>.json/.md`` (and the contact sheet) and return the results."""
+    protector = Protector(settings)
+    targets = protector.target_names
+    judges = [EmbedderJudge(n) for n in judge_names(judges_requested, targets)]
+    refs = reference_embeddings(judges)
     judge_info = {
         j.name: {"held_out": j.name not in targets, "threshold": j.threshold,
                  "reference_auc": reference_auc(j, [(p, e[j.name]) for p, _, e in refs.values() if e[j.name] is not None])}
@@ -184,7 +203,6 @@ def main() -> None:
     # Keep a copy the pipeline judges weak (written to the temporary folder only) so it is measured too;
     # a pipeline without ``keep_weak`` writes every copy anyway.
     protect_kw = {"keep_weak": True} if "keep_weak" in inspect.signature(protector.protect_file).parameters else {}
-    photos = face_photos()[: args.limit]
     per_photo, pairs, sheet_rows, quality = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for person, path in photos:
@@ -277,11 +295,11 @@ def main() -> None:
         info.update(pairs=len(matched), protected_saved=summary[f"{n}_protected_saved"],
                     protected_upload=summary[f"{n}_protected_upload"])
     summary["judges"] = judge_info
-    data = {"name": args.name, "machine": machine(), "revision": git_rev(), "settings": settings.to_dict(), "summary": summary,
+    data = {"name": name, "machine": machine(), "revision": git_rev(), "settings": settings.to_dict(), "summary": summary,
             "photos": per_photo, "pairs": pairs}
     rate = lambda k: f"{summary[k]}/{summary['pairs']} ({100 * summary[k] / max(1, summary['pairs']):.0f} %)"
     f3 = lambda v: "n/a" if v is None else f"{v:.3f}"
-    md = [f"# Protection on ../shared/data/faces ({args.name})", "",
+    md = [f"# Protection on ../shared/data/faces ({name})", "",
           f"Machine: {data['machine']}. Revision {data['revision']}. Targets: {', '.join(settings.targets)}; "
           f"preset {settings.preset}, mode {settings.mode}, up to {settings.steps} steps; noise limit {settings.noise_limit}, "
           f"flow limit {settings.flow_limit}, LPIPS budgets {settings.lpips_budget} (photo) / {settings.face_lpips_budget} (face, at {settings.face_lpips_size} px), "
@@ -308,7 +326,7 @@ def main() -> None:
                      p.get("steps"), p.get("seconds")]
                     for p in per_photo]), "",
           "Quality of each face at native resolution, on the file as written (contact sheet: "
-          f"{args.name}_contact_sheet.jpg, every face at 100 %, before | after | |difference| x 8):", "",
+          f"{name}_contact_sheet.jpg, every face at 100 %, before | after | |difference| x 8):", "",
           *table_lines(quality, whole_photo_table=False), "",
           "Pairs (dlib distance from the protected photo to another photo of the same person; before = the original; "
           "then each judge's own distance, - where it found no face):", "",
@@ -318,12 +336,15 @@ def main() -> None:
                      p["upload"] if p["upload"] is not None else "no face",
                      *(" / ".join("-" if p.get(f"{n}_{k}") is None else f"{p[f'{n}_{k}']:.3g}" for k in ("before", "saved", "upload"))
                        for n in judge_info)] for p in pairs])]
-    write_results(args.name, data, "\n".join(md))
-    if sheet_rows:
+    if write:
+        write_results(name, data, "\n".join(md))
+    if sheet_rows and contact_sheet:
         from benchmarks.common import RESULTS
 
-        native_contact_sheet(sheet_rows, RESULTS / f"{args.name}_contact_sheet.jpg")
-    print("\n".join(md[: next(i for i, line in enumerate(md) if line.startswith("|")) - 1]))  # the summary lines
+        native_contact_sheet(sheet_rows, RESULTS / f"{name}_contact_sheet.jpg")
+    if not quiet:
+        print("\n".join(md[: next(i for i, line in enumerate(md) if line.startswith("|")) - 1]))  # the summary lines
+    return data
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""Does protection hold against recognizers it never saw? Leave-one-out over the four face families.
+
+The four face recognizers we can run are of four families: dlib's ResNet (``face``), MobileFace
+(``mobileface``), FaceNet's Inception-ResNet-v1 (``facenet``) and SFace's MobileNet (``sface``). For each
+preset this protects the photos with
+
+* all four (the default ``--targets auto``),
+* each three, judged on the fourth (leave-one-out: the held-out rate),
+* each one alone, judged on the other three,
+
+and judges every same-person pair after an upload-like JPEG 75 + resize to 1080 px with each model's own
+pipeline and match threshold (dlib: its own HOG + 5-point + 0.6 pipeline, untouched by our port; the others:
+dlib's detector, then the model's crop; a judge counts only the pairs it matched before protection). Each
+row carries its native-resolution quality (``benchmarks.quality``: every face on its native crop, LPIPS-AlexNet
+and the three measures the engine does not optimize, beside a ±4/255 noise reference).
+
+Writes ``benchmarks/results/<name>.json/.md`` and ``<name>_frontier.png`` (held-out rate against median
+native face LPIPS, one point per preset and configuration).
+
+    python -m benchmarks.transfer [--presets stealth,panic] [--per-person N] [--configs all,loo,single] [--name transfer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from benchmarks.common import RESULTS, face_photos, git_rev, machine, md_table, write_results
+from benchmarks.protection import run
+from ghostmesh_daemon.engine.settings import settings_for
+
+FAMILIES = ("face", "mobileface", "facenet", "sface")
+LABEL = {"face": "dlib", "mobileface": "MobileFace", "facenet": "FaceNet", "sface": "SFace"}
+
+
+def configurations(kinds: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """(label, targets) for the requested kinds of configuration, in table order."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    if "all" in kinds:
+        out.append(("all four", FAMILIES))
+    if "loo" in kinds:
+        out += [(f"without {LABEL[f]}", tuple(g for g in FAMILIES if g != f)) for f in FAMILIES]
+    if "single" in kinds:
+        out += [(f"{LABEL[f]} alone", (f,)) for f in FAMILIES]
+    return out
+
+
+def rates(data: dict) -> dict[str, tuple[int, int]]:
+    """(pairs no longer matched after the upload, pairs the judge matched before) for every family."""
+    s = data["summary"]
+    matched_before = [p for p in data["pairs"] if p["before"] is not None and p["before"] < 0.6]
+    out = {"face": (sum(p["protected_upload"] for p in matched_before), len(matched_before))}
+    for n, info in s["judges"].items():
+        out[n] = (info["protected_upload"], info["pairs"])
+    return out
+
+
+def per_person(n: int) -> list[tuple[str, Path]]:
+    """The first ``n`` photos of each person (every photo when ``n`` is 0)."""
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for person, path in face_photos():
+        if n == 0 or seen[person] < n:
+            out.append((person, path))
+            seen[person] += 1
+    return out
+
+
+def pct(hit: int, total: int) -> str:
+    return "n/a" if not total else f"{hit}/{total} ({100 * hit / total:.0f} %)"
+
+
+def frontier_plot(rows: list[dict], dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for preset, marker in (("stealth", "o"), ("panic", "s")):
+        pts = [r for r in rows if r["preset"] == preset and r["held_out_rate"] is not None]
+        if not pts:
+            continue
+        ax.scatter([r["median_face_lpips_native"] for r in pts], [100 * r["held_out_rate"] for r in pts],
+                   marker=marker, label=preset)
+        for r in pts:
+            ax.annotate(r["config"], (r["median_face_lpips_native"], 100 * r["held_out_rate"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.axvline(0.03, color="grey", lw=0.8, ls="--")
+    ax.text(0.0302, 2, "stealth budget (median 0.03)", fontsize=7, color="grey")
+    ax.set_xlabel("median face LPIPS-AlexNet at native resolution (lower = less visible)")
+    ax.set_ylabel("held-out pairs unmatched after JPEG 75 + 1080 px (%)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(dest)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="stealth,panic")
+    parser.add_argument("--configs", default="all,loo,single", help="any of all, loo, single")
+    parser.add_argument("--per-person", type=int, default=1, help="photos per person (0: all 11)")
+    parser.add_argument("--steps", type=int, default=None, help="override the presets' steps (quick look only)")
+    parser.add_argument("--name", default="transfer")
+    args = parser.parse_args()
+    photos = per_person(args.per_person)
+    judges = ",".join(f for f in FAMILIES if f != "face")  # dlib's own pipeline judges every run anyway
+    rows = []
+    for preset in args.presets.split(","):
+        for label, targets in configurations(args.configs.split(",")):
+            overrides = {"targets": targets} | ({"steps": args.steps} if args.steps else {})
+            settings = settings_for(preset, **overrides)
+            t0 = time.perf_counter()
+            data = run(settings, f"{args.name}_{preset}", photos, judges, contact_sheet=False, quiet=True, write=False)
+            r = rates(data)
+            held = [f for f in FAMILIES if f not in targets]
+            held_hits = [r[f] for f in held if r[f][1]]
+            s = data["summary"]
+            row = {
+                "preset": preset, "config": label, "targets": list(targets),
+                "rates": {f: list(v) for f, v in r.items()},
+                "held_out": held,
+                # pooled over the held-out judges: pairs no longer matched / pairs they matched before
+                "held_out_rate": (sum(h for h, _ in held_hits) / sum(t for _, t in held_hits)) if held_hits else None,
+                "median_face_lpips_native": s["median_face_lpips_native"], "max_face_lpips_native": s["max_face_lpips_native"],
+                "median_whole_photo_lpips_native": s["median_whole_photo_lpips_native"],
+                "two_unoptimized_within_noise": s["two_unoptimized_within_noise"],
+                "weak_photos": s["weak_photos"], "photos": len(data["photos"]),
+                "median_seconds": s["median_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
+            }
+            rows.append(row)
+            print(f"{preset} {label}: " + ", ".join(f"{LABEL[f]} {pct(*r[f])}" for f in FAMILIES)
+                  + f"; face LPIPS native median {row['median_face_lpips_native']:.4f}; "
+                  f"{row['median_seconds']} s/photo", flush=True)
+    loo = defaultdict(list)
+    for row in rows:
+        if row["config"].startswith("without"):
+            loo[row["preset"]].append(row["held_out_rate"])
+    summary = {p: {"leave_one_out_mean": statistics.mean(v) if all(x is not None for x in v) else None,
+                   "configs": len(v)} for p, v in loo.items()}
+    data = {"name": args.name, "machine": machine(), "revision": git_rev(), "photos": [f"{p}/{q.name}" for p, q in photos],
+            "summary": summary, "rows": rows}
+    f3 = lambda v: "n/a" if v is None else f"{v:.4f}"
+    md = [f"# Transfer across face-recognizer families ({args.name})", "",
+          f"Machine: {data['machine']}. Revision {data['revision']}. Photos: {', '.join(data['photos'])} "
+          f"({args.per_person or 'all'} per person); every same-person pair with the other photos of that person "
+          "(../shared/data/faces), judged after JPEG 75 + resize to 1080 px, each judge with its own threshold and "
+          "counting only the pairs it matched before protection. Held-out rate: pooled over the models not "
+          "optimized against.", "",
+          *[f"- {p}: leave-one-out held-out rate averaged over the four: "
+            f"{'n/a' if v['leave_one_out_mean'] is None else format(100 * v['leave_one_out_mean'], '.0f') + ' %'}"
+            for p, v in summary.items()], "",
+          md_table(["preset", "optimized on", *(f"{LABEL[f]} unmatched" for f in FAMILIES), "held-out rate",
+                    "face LPIPS native median / max", "whole native median", "faces within noise ref. (>= 2 measures)",
+                    "weak", "s/photo"],
+                   [[r["preset"], r["config"],
+                     *((pct(*r["rates"][f]) + ("" if f in r["held_out"] else " (target)")) for f in FAMILIES),
+                     "n/a" if r["held_out_rate"] is None else f"{100 * r['held_out_rate']:.0f} %",
+                     f"{f3(r['median_face_lpips_native'])} / {f3(r['max_face_lpips_native'])}",
+                     f3(r["median_whole_photo_lpips_native"]), "n/a" if r["two_unoptimized_within_noise"] is None else f"{100 * r['two_unoptimized_within_noise']:.0f} %",
+                     f"{r['weak_photos']}/{r['photos']}", r["median_seconds"]] for r in rows]),
+          "", f"Frontier plot: {args.name}_frontier.png"]
+    write_results(args.name, data, "\n".join(md))
+    frontier_plot(rows, RESULTS / f"{args.name}_frontier.png")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
