@@ -6,17 +6,20 @@ mouth corners, and its nose point is the nose base, not the tip) by a similarity
 on the clean photo, and sample the crop differentiably from each face view with :func:`sample_crop`.
 :class:`ArcFaceCropTarget` is the whole target given a network from (N, 3, 112, 112) RGB in [0, 1] to
 embeddings; each model's module only supplies the network, its input convention and its :class:`TargetInfo`.
+A model trained on other crops overrides :attr:`ArcFaceCropTarget.crop_size` and
+:meth:`ArcFaceCropTarget.crop_geometry` (``facenet``: dlib's chip at 160x160); the sampling stays this one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..engine.geometry import affine_patch
-from ..engine.scene import FaceView, Scene
+from ..engine.scene import Face, FaceView, Scene
 from ..model_files import locate
 from .base import Target, no_rows
 from .tfjs_graph import TfjsGraph, load_graph_model
@@ -57,10 +60,13 @@ def crop_to_image(landmarks: Tensor, size: int = CROP_SIZE) -> Tensor:
     return torch.cat([m, shift[:, None]], dim=1)
 
 
-def crop_to_view(view: FaceView, size: int = CROP_SIZE) -> Tensor:
-    """Affine (2, 3) float64 from crop pixels to the pixels of ``view.image``."""
+def crop_to_view(view: FaceView, size: int = CROP_SIZE, to_image: Tensor | None = None) -> Tensor:
+    """Affine (2, 3) float64 from crop pixels to the pixels of ``view.image``.
+
+    ``to_image`` is the crop's affine to image pixels; by default the ArcFace alignment (:func:`crop_to_image`).
+    """
     a = torch.eye(3, dtype=torch.float64)
-    a[:2] = crop_to_image(view.face.landmarks, size)
+    a[:2] = crop_to_image(view.face.landmarks, size) if to_image is None else to_image.to(torch.float64)
     return view.geometry.image_to_view().to(torch.float64) @ a
 
 
@@ -93,19 +99,27 @@ class ArcFaceCropTarget(Target):
     """A face target that embeds the ArcFace-aligned 112x112 crop of each face with ``net``.
 
     Subclasses set ``info`` and ``embedding_dim``; ``net`` maps (N, 3, 112, 112) RGB in [0, 1] to (N, D).
+    A subclass may set another ``crop_size`` and override :meth:`crop_geometry` for another crop.
     """
 
     embedding_dim: int
+    #: Side of the square crop ``net`` takes.
+    crop_size: ClassVar[int] = CROP_SIZE
 
     def __init__(self, net: nn.Module, goal: float | None = None) -> None:
         super().__init__(goal)
         self.net = net
 
+    def crop_geometry(self, face: Face) -> Tensor:
+        """Affine (2, 3) float64 from crop pixels to image pixels for ``face``: the ArcFace eye alignment."""
+        return crop_to_image(face.landmarks, self.crop_size)
+
     def crops(self, scene: Scene) -> Tensor:
-        """The aligned 112x112 crops of every face, (N, 3, 112, 112) in [0, 1], differentiable in the views."""
+        """The aligned crops of every face, (N, 3, crop_size, crop_size) in [0, 1], differentiable in the views."""
+        size = self.crop_size
         if not scene.faces:
-            return scene.whole.new_zeros((0, 3, CROP_SIZE, CROP_SIZE))
-        return torch.cat([sample_crop(v.image, crop_to_view(v)) for v in scene.faces])
+            return scene.whole.new_zeros((0, 3, size, size))
+        return torch.cat([sample_crop(v.image, crop_to_view(v, size, self.crop_geometry(v.face)), size) for v in scene.faces])
 
     def embed(self, scene: Scene) -> Tensor:
         """One embedding per face in ``scene.faces`` (compare by cosine); (0, D) without faces."""
