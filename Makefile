@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -e '.[bench]'
 	$(PY) -m benchmarks.protection --targets auto --preset stealth --name protection_stealth
 	$(PY) -m benchmarks.protection --targets auto --preset panic --name protection_panic
+	$(PY) -m benchmarks.transfer
 	$(PY) -m benchmarks.speed
 	$(PY) -m benchmarks.startup
 	$(PY) -m benchmarks.batch

@@ -42,11 +42,11 @@ from ghostmesh_daemon.imaging import read_photo
 from ghostmesh_daemon.pipeline import Protector
 
 
-#: Face embedders that judge protection when they are not among its targets (held out).
+#: Face embedders that judge every pair besides dlib's own pipeline (held out when they are not targets).
 #: ``mobilefacenet`` is not one by default: as human-models ships it, it tells these people apart
 #: barely better than chance (ROC AUC 0.66, see its module), so a pair it "no longer matches" says
 #: little; ``--judges mobileface,mobilefacenet`` still runs it.
-JUDGES = ("mobileface",)
+JUDGES = ("mobileface", "facenet", "sface")
 
 
 class EmbedderJudge:
@@ -91,9 +91,10 @@ class EmbedderJudge:
 
 
 def judge_names(requested: str | None, targets: list[str]) -> list[str]:
-    """The judges to use: ``requested`` (comma-separated, or ``none``), by default every one of :data:`JUDGES` not in ``targets``."""
+    """The judges to use: ``requested`` (comma-separated, or ``none``), by default all of :data:`JUDGES` (a target among
+    them is reported as not held out)."""
     if requested is None:
-        return [n for n in JUDGES if n not in targets]
+        return list(JUDGES)
     return [] if requested.strip() == "none" else [n.strip() for n in requested.split(",") if n.strip()]
 
 
