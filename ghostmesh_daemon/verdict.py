@@ -61,19 +61,22 @@ def weak_reasons(entry: ReportEntry, settings: EngineSettings) -> list[str]:
     if entry.targets and not pushed:
         reasons.append("every target's weight is 0: nothing was protected")
     uploaded = (entry.robustness or {}).get("targets") or {}
+    dlib_named = False  # dlib's port already said its faces still match: its own pipeline need not say it again
     for name, r in entry.target_results.items():
         if settings.weight_of(name) <= 0:
             continue
         reason = _still_matched(r, uploaded.get(name)) if r.kind == "face" and r.threshold is not None else _short_of_goal(r)
         if reason:
             reasons.append(reason)
+            dlib_named = dlib_named or name == DLIB_TARGET
     over = [i for i, v in enumerate(entry.face_lpips) if v is not None and v > settings.face_lpips_budget]
     if over:
         values = ", ".join(f"{entry.face_lpips[i]:.4f}" for i in over)
         reasons.append(f"{_rows('face', over)} visibly changed (LPIPS {values} over the budget {settings.face_lpips_budget:g})")
     if entry.lpips is not None and entry.lpips > settings.lpips_budget:
         reasons.append(f"the photo visibly changed (LPIPS {entry.lpips:.4f} over the budget {settings.lpips_budget:g})")
-    reasons.extend(_upload_reasons(entry.robustness, pushed))
+    if not dlib_named:
+        reasons.extend(_upload_reasons(entry.robustness, pushed))
     return reasons
 
 

@@ -81,7 +81,7 @@ def test_dlib_port_reads_the_file_to_its_end_and_knows_the_threshold(face_target
 
 
 def test_dlib_parser_rejects_a_truncated_file():
-    from ghostmesh_daemon.targets.dlib_resnet import DlibFormatError, parse_dat
+    from ghostmesh_daemon.readers.dlib_dat import DlibFormatError, parse_dat
     from ghostmesh_daemon.weights import dlib_face_resnet
 
     data = dlib_face_resnet().path.read_bytes()

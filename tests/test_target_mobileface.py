@@ -28,7 +28,7 @@ from ghostmesh_daemon.targets.mobileface import (
     crop_to_image,
     eye_centres,
 )
-from ghostmesh_daemon.targets.tfjs_graph import (
+from ghostmesh_daemon.readers.tfjs_graph import (
     GraphFormatError,
     TfjsGraph,
     decode_weights,

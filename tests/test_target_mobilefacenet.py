@@ -26,7 +26,7 @@ from ghostmesh_daemon.errors import ModelUnavailable
 from ghostmesh_daemon.targets import create_target, list_targets
 from ghostmesh_daemon.targets.arcface_crop import crop_to_image
 from ghostmesh_daemon.targets.mobilefacenet import EMBEDDING_DIM, MobileFaceNetTarget
-from ghostmesh_daemon.targets.tfjs_graph import GraphFormatError, TfjsGraph, load_graph_model, parse_graph_model
+from ghostmesh_daemon.readers.tfjs_graph import GraphFormatError, TfjsGraph, load_graph_model, parse_graph_model
 
 REFERENCE = Path(__file__).parent / "data" / "mobilefacenet_tfjs_reference.json"
 

@@ -117,6 +117,9 @@ def test_dlib_still_matching_after_an_upload_is_weak_when_dlib_is_a_target():
                                                   "(distances 0.18, 0.19; below 0.6 dlib calls it the same person)")
     # a face dlib no longer finds after the upload is not a match
     assert weak_reasons(entry(target("face", [1.02]), robustness=upload(None)), STEALTH) == []
+    # dlib's port already names the face as still matched: its pipeline's verdict is not repeated
+    port = entry(target("face", [0.3], threshold=0.6), robustness=upload(0.31))
+    assert weak_reasons(port, STEALTH) == ["face 1 still matched by face (distance 0.30; below 0.6 it calls them the same person)"]
 
 
 def test_only_an_ok_entry_is_judged():

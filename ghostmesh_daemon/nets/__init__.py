@@ -1,1 +1,2 @@
-"""Network architectures as plain torch modules (no files read here; see :mod:`ghostmesh_daemon.readers`)."""
+"""Network architectures as plain torch modules, built from what a reader in :mod:`ghostmesh_daemon.readers` returns
+(a `from_file` helper only hands a path to its reader)."""

@@ -22,7 +22,7 @@ from ..engine.geometry import affine_patch
 from ..engine.scene import Face, FaceView, Scene
 from ..model_files import locate
 from .base import Target, no_rows
-from .tfjs_graph import TfjsGraph, load_graph_model
+from ..readers.tfjs_graph import TfjsGraph, load_graph_model
 
 CROP_SIZE = 112
 

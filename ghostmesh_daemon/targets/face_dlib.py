@@ -13,7 +13,7 @@ from ..engine.geometry import affine_patch
 from ..engine.scene import Scene
 from ..weights import dlib_face_resnet
 from .base import Target, TargetInfo, no_rows
-from .dlib_resnet import DlibFaceResNet
+from ..nets.dlib_resnet import DlibFaceResNet
 from .registry import register_target
 
 

@@ -3,7 +3,7 @@
 A second face embedder, architecturally unlike dlib's ResNet (a ~0.5 M-parameter MobileNet-style network:
 separable depthwise convolutions, PReLU, no batch norm, a 2048 -> 256 dense layer, MXNet-trained and
 converted to TF.js), so that protection optimised against one can be measured against the other.
-The TF.js graph is run by our own interpreter (:mod:`.tfjs_graph`), which matches TF.js to about 1e-6.
+The TF.js graph is run by our own interpreter (:mod:`ghostmesh_daemon.readers.tfjs_graph`), which matches TF.js to about 1e-6.
 
 **Input: how Human feeds it, and why we do not copy that.** Human (``src/face/mobilefacenet.ts``, and the
 older ``embedding.ts``) crops the face with its FaceMesh box (the mesh's bounding box enlarged 1.5x, made

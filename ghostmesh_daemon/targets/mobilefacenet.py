@@ -7,7 +7,7 @@ inverted residual bottlenecks with depthwise convolutions, PReLU, a 7x7 global d
 192-d linear embedding), trained in TensorFlow by sirius-ai/MobileFaceNet_TF, frozen with
 ``is_training=False`` in that project's issue 46 (``FaceMobileNet192_train_false``) and converted to TF.js
 for Human; the graph ends in its own L2 normalisation (``embeddings``). Our interpreter
-(:mod:`.tfjs_graph`) matches TF.js 4.22 on it to 5e-8 (tests/data/mobilefacenet_tfjs_reference.json).
+(:mod:`ghostmesh_daemon.readers.tfjs_graph`) matches TF.js 4.22 on it to 5e-8 (tests/data/mobilefacenet_tfjs_reference.json).
 
 **Input.** The graph has no normalisation of its own: its first op is a convolution on ``img_inputs``.
 Sirius-AI trained on InsightFace's ArcFace-aligned 112x112 crops, swapping the decoded RGB to BGR and

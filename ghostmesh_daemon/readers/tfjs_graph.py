@@ -1,5 +1,8 @@
 """A TensorFlow.js graph model (``model.json`` + ``.bin`` shards) as a torch module of our own.
 
+It lives with the readers because in this format the file is the architecture: the graph it reads is
+what runs (for formats that carry only weights, the architecture is a module in :mod:`ghostmesh_daemon.nets`).
+
 TF.js ships frozen TensorFlow graphs as JSON: ``modelTopology.node`` lists nodes (``name``, ``op``,
 ``input``, ``attr``) and ``weightsManifest`` lists the constant tensors stored, in order, in the
 concatenated binary shards; each entry may be quantized (``quantization: {dtype: uint8|uint16, scale,
