@@ -98,3 +98,26 @@ def no_leaked_threads():
         if t.is_alive() and not t.daemon:
             leaked.append(t.name)
     assert not leaked, f"test leaked threads: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def people():
+    """Every photo of a known person (``benchmarks.common.references()``: the person folders and the known
+    ones in _mixed) as (person, file name, RGB uint8, its largest face): 21 same-person and 84
+    different-person pairs, on which each face model's threshold was chosen."""
+    import sys
+
+    from face_embedder_helpers import detect, load_rgb
+
+    shared_data("faces")
+    if str(ROOT) not in sys.path:  # `pytest` (unlike `python -m pytest`, as make test runs it) leaves the root off
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.common import references
+
+    out = []
+    for person, path in references():
+        rgb = load_rgb(path)
+        found = detect(rgb)
+        assert found, f"no face found in {path}"
+        out.append((person, path.name, rgb, max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))))
+    return out

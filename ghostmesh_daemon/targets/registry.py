@@ -40,13 +40,18 @@ def register_target(name: str, *, auto: bool = True) -> Callable[[F], F]:
 
 
 def create_target(name: str, **kwargs) -> Target:
-    """Build the target called ``name``; unknown names list the known ones."""
+    """Build the target called ``name``, frozen; unknown names list the known ones.
+
+    Frozen (no parameter requires a gradient) because only the pixels are optimized: a weight that
+    requires one makes every backward pass also compute and store the weight gradients, which for a
+    convolution costs about as much as the input gradient itself.
+    """
     try:
         factory = _FACTORIES[name]
     except KeyError:
         known = ", ".join(sorted(_FACTORIES)) or "none"
         raise ValueError(f"unknown target {name!r} (known: {known})") from None
-    return factory(**kwargs)
+    return factory(**kwargs).requires_grad_(False).eval()
 
 
 def list_targets(*, auto: bool = False) -> list[str]:
