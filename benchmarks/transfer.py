@@ -108,7 +108,18 @@ def main() -> None:
     parser.add_argument("--per-person", type=int, default=1, help="photos per person (0: all 11)")
     parser.add_argument("--steps", type=int, default=None, help="override the presets' steps (quick look only)")
     parser.add_argument("--name", default="transfer")
+    parser.add_argument("--merge", metavar="A,B", help="write one table and plot from earlier results (names in "
+                                                          "benchmarks/results) instead of measuring")
     args = parser.parse_args()
+    if args.merge:
+        import json
+
+        parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.merge.split(",")]
+        if len({tuple(d["photos"]) for d in parts}) != 1:
+            raise SystemExit("--merge: the results were measured on different photos")
+        report(args.name, [r for d in parts for r in d["rows"]], parts[0]["photos"], args.per_person,
+               [d["revision"] for d in parts])
+        return
     photos = per_person(args.per_person)
     judges = ",".join(f for f in FAMILIES if f != "face")  # dlib's own pipeline judges every run anyway
     rows = []
@@ -138,18 +149,25 @@ def main() -> None:
             print(f"{preset} {label}: " + ", ".join(f"{LABEL[f]} {pct(*r[f])}" for f in FAMILIES)
                   + f"; face LPIPS native median {row['median_face_lpips_native']:.4f}; "
                   f"{row['median_seconds']} s/photo", flush=True)
+    report(args.name, rows, photos, args.per_person)
+
+
+def report(name: str, rows: list[dict], photos: list[tuple[str, Path]] | list[str], per_person: int,
+           revisions: list[str] | None = None) -> None:
+    """Write ``<name>.json/.md`` and ``<name>_frontier.png`` for ``rows`` (one per preset and configuration)."""
     loo = defaultdict(list)
     for row in rows:
         if row["config"].startswith("without"):
             loo[row["preset"]].append(row["held_out_rate"])
     summary = {p: {"leave_one_out_mean": statistics.mean(v) if all(x is not None for x in v) else None,
                    "configs": len(v)} for p, v in loo.items()}
-    data = {"name": args.name, "machine": machine(), "revision": git_rev(), "photos": [f"{p}/{q.name}" for p, q in photos],
+    revision = ", ".join(dict.fromkeys(revisions)) if revisions else git_rev()
+    data = {"name": name, "machine": machine(), "revision": revision, "photos": [x if isinstance(x, str) else f"{x[0]}/{x[1].name}" for x in photos],
             "summary": summary, "rows": rows}
     f3 = lambda v: "n/a" if v is None else f"{v:.4f}"
-    md = [f"# Transfer across face-recognizer families ({args.name})", "",
-          f"Machine: {data['machine']}. Revision {data['revision']}. Photos: {', '.join(data['photos'])} "
-          f"({args.per_person or 'all'} per person); every same-person pair with the other photos of that person "
+    md = [f"# Transfer across face-recognizer families ({name})", "",
+          f"Machine: {data['machine']}. Revision {data['revision']} (where measured). Photos: {', '.join(data['photos'])} "
+          f"({per_person or 'all'} per person); every same-person pair with the other photos of that person "
           "(../shared/data/faces), judged after JPEG 75 + resize to 1080 px, each judge with its own threshold and "
           "counting only the pairs it matched before protection. Held-out rate: pooled over the models not "
           "optimized against.", "",
@@ -164,10 +182,10 @@ def main() -> None:
                      "n/a" if r["held_out_rate"] is None else f"{100 * r['held_out_rate']:.0f} %",
                      f"{f3(r['median_face_lpips_native'])} / {f3(r['max_face_lpips_native'])}",
                      f3(r["median_whole_photo_lpips_native"]), "n/a" if r["two_unoptimized_within_noise"] is None else f"{100 * r['two_unoptimized_within_noise']:.0f} %",
-                     f"{r['weak_photos']}/{r['photos']}", r["median_seconds"]] for r in rows]),
-          "", f"Frontier plot: {args.name}_frontier.png"]
-    write_results(args.name, data, "\n".join(md))
-    frontier_plot(rows, RESULTS / f"{args.name}_frontier.png")
+                     f"{r['weak_photos']}/{r['photos']}", "n/a" if r["median_seconds"] is None else f"{r['median_seconds']:.1f}"] for r in rows]),
+          "", f"Frontier plot: {name}_frontier.png"]
+    write_results(name, data, "\n".join(md))
+    frontier_plot(rows, RESULTS / f"{name}_frontier.png")
     print("\n".join(md))
 
 
