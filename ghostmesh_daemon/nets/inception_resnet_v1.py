@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..readers.keras_h5 import KerasH5, KerasH5Error
+from .layers import FrozenBatchNorm, tf_same_padding
 
 INPUT_SIZE = 160
 EMBEDDING_DIM = 128
@@ -58,16 +59,6 @@ def prewhiten(x: Tensor) -> Tensor:
     mean = flat.mean(dim=1, keepdim=True)
     std = flat.std(dim=1, unbiased=False, keepdim=True).clamp_min(1.0 / math.sqrt(flat.shape[1]))
     return ((flat - mean) / std).view_as(x)
-
-
-def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TensorFlow's SAME padding along one axis: (before, after), the odd pixel after.
-
-    Output size ceil(size / stride); total padding ``max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)``.
-    """
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -115,27 +106,6 @@ class MaxPool2dTF(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}, stride={self.stride}, tf_padding={self.tf_padding!r}"
-
-
-class FrozenBatchNorm(nn.Module):
-    """Batch norm with fixed statistics over dimension 1: ``(x - mean) / sqrt(var + eps) * weight + bias``."""
-
-    def __init__(self, channels: int, eps: float = 1e-3) -> None:
-        super().__init__()
-        self.eps = float(eps)
-        self.register_buffer("weight", torch.ones(channels))
-        self.register_buffer("bias", torch.zeros(channels))
-        self.register_buffer("running_mean", torch.zeros(channels))
-        self.register_buffer("running_var", torch.ones(channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-        shift = self.bias - self.running_mean * scale
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return x * scale.view(shape) + shift.view(shape)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 class BasicConv2d(nn.Module):

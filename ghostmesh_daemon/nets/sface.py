@@ -32,10 +32,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..readers.onnx_weights import OnnxFormatError, OnnxGraph, OnnxNode
+from .layers import FrozenBatchNorm
 
 __all__ = ["EMBEDDING_DIM", "INPUT_SIZE", "SFACE_BLOCKS", "FrozenBatchNorm", "SFaceNet", "sface_from_onnx"]
 
@@ -48,22 +48,6 @@ SFACE_BLOCKS: tuple[tuple[int, int, int], ...] = (
     (512, 512, 1), (512, 512, 1), (512, 512, 1), (512, 512, 1), (512, 512, 1), (512, 1024, 2), (1024, 1024, 1),
 )
 FINAL_GRID = 7  # 112 / 2**4
-
-
-class FrozenBatchNorm(nn.Module):
-    """Batch norm that always normalises with its stored statistics (``train()`` does not change it)."""
-
-    def __init__(self, channels: int, eps: float) -> None:
-        super().__init__()
-        self.eps = float(eps)
-        for name, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-            self.register_buffer(name, torch.full((channels,), fill))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.numel()}, eps={self.eps:g}"
 
 
 class ConvBNPReLU(nn.Module):

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nets.layers import tf_same_padding
+
 # TF.js dtype names in the weights manifest -> numpy dtypes of the stored (possibly quantized) bytes.
 _STORED_DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype("<f4"),
@@ -194,14 +196,6 @@ def _attr_strs(node: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(base64.b64decode(v).decode() for v in values)
 
 
-def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TF's SAME padding (the extra pixel goes after), for one spatial axis."""
-    effective = (kernel - 1) * dilation + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + effective - size, 0)
-    return total // 2, total - total // 2
-
-
 def _conv_nhwc(
     x: Tensor, weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int], padding: str | tuple[int, int, int, int],
     groups: int, bias: Tensor | None = None,
@@ -213,8 +207,8 @@ def _conv_nhwc(
     nchw = x.permute(0, 3, 1, 2)  # a channels-last view: no copy
     if padding == "SAME":
         kh, kw = weight.shape[-2:]
-        top, bottom = _same_padding(nchw.shape[2], kh, stride[0], dilation[0])
-        left, right = _same_padding(nchw.shape[3], kw, stride[1], dilation[1])
+        top, bottom = tf_same_padding(nchw.shape[2], kh, stride[0], dilation[0])
+        left, right = tf_same_padding(nchw.shape[3], kw, stride[1], dilation[1])
         nchw = F.pad(nchw, (left, right, top, bottom))
     elif isinstance(padding, tuple) and any(padding):
         nchw = F.pad(nchw, padding)
