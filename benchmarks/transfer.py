@@ -86,9 +86,12 @@ def frontier_plot(rows: list[dict], dest: Path) -> None:
             continue
         ax.scatter([r["median_face_lpips_native"] for r in pts], [100 * r["held_out_rate"] for r in pts],
                    marker=marker, label=preset)
-        for r in pts:
-            ax.annotate(r["config"], (r["median_face_lpips_native"], 100 * r["held_out_rate"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+        level: dict[int, int] = defaultdict(int)  # labels of points at the same rate are stacked, not overprinted
+        for r in sorted(pts, key=lambda r: r["median_face_lpips_native"]):
+            k = level[round(100 * r["held_out_rate"])]
+            level[round(100 * r["held_out_rate"])] += 1
+            ax.annotate(f"{r['config']} ({preset})", (r["median_face_lpips_native"], 100 * r["held_out_rate"]),
+                        fontsize=7, xytext=(3, 3 + 9 * k), textcoords="offset points")
     ax.axvline(0.03, color="grey", lw=0.8, ls="--")
     ax.text(0.0302, 2, "stealth budget (median 0.03)", fontsize=7, color="grey")
     ax.set_xlabel("median face LPIPS-AlexNet at native resolution (lower = less visible)")
