@@ -88,8 +88,8 @@ def frontier_plot(rows: list[dict], dest: Path) -> None:
                    marker=marker, label=preset)
         level: dict[int, int] = defaultdict(int)  # labels of points at the same rate are stacked, not overprinted
         for r in sorted(pts, key=lambda r: r["median_face_lpips_native"]):
-            k = level[round(100 * r["held_out_rate"])]
-            level[round(100 * r["held_out_rate"])] += 1
+            k = level[round(100 * r["held_out_rate"] / 8)]
+            level[round(100 * r["held_out_rate"] / 8)] += 1
             ax.annotate(f"{r['config']} ({preset})", (r["median_face_lpips_native"], 100 * r["held_out_rate"]),
                         fontsize=7, xytext=(3, 3 + 9 * k), textcoords="offset points")
     ax.axvline(0.03, color="grey", lw=0.8, ls="--")
