@@ -64,13 +64,12 @@ class EmbedderJudge:
             raise SystemExit(f"--judges: {name!r} is not a face embedder with a match threshold")
         self.threshold = self.target.info.match_threshold
 
-    def faces(self, rgb: np.ndarray) -> list[np.ndarray]:
+    def faces(self, rgb: np.ndarray, found: list) -> list[np.ndarray]:
+        """Embeddings of the faces ``found`` on ``rgb`` (:func:`detected`: found once, shared by every judge)."""
         import torch
 
         from ghostmesh_daemon.engine.scene import FaceView, Scene, ViewGeometry
-        from ghostmesh_daemon.faces import detect_faces
 
-        found = detect_faces(rgb)
         if not found:
             return []
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
@@ -88,6 +87,13 @@ class EmbedderJudge:
 
         ref = torch.from_numpy(np.asarray(reference))[None]
         return min(float(self.target.distance(ref, torch.from_numpy(np.asarray(c))[None])) for c in candidates)
+
+
+def detected(rgb: np.ndarray) -> list:
+    """The faces dlib's detector and landmarks find on ``rgb``, as every embedder judge crops them."""
+    from ghostmesh_daemon.faces import detect_faces
+
+    return detect_faces(rgb)
 
 
 def judge_names(requested: str | None, targets: list[str]) -> list[str]:
@@ -174,11 +180,13 @@ def reference_embeddings(judges: list[EmbedderJudge]) -> dict[Path, tuple[str, n
         return _REFS[key]
     refs = _REFS[key] = {}
     for person, path in references():
-        found = find_faces(_uint8(path))
+        rgb = _uint8(path)
+        found = find_faces(rgb)
         if found:  # the largest face is the person's (detect_faces lists the largest first)
+            faces = detected(rgb) if judges else []
             by_judge = {}
             for judge in judges:
-                emb = judge.faces(_uint8(path))
+                emb = judge.faces(rgb, faces)
                 by_judge[judge.name] = emb[0] if emb else None
             refs[path] = (person, max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).descriptor,
                           by_judge)
@@ -199,8 +207,6 @@ def run(settings: EngineSettings, name: str, photos: list[tuple[str, Path]], jud
         for j in judges
     }
 
-    from ghostmesh_daemon.faces import detect_faces
-
     # Keep a copy the pipeline judges weak (written to the temporary folder only) so it is measured too;
     # a pipeline without ``keep_weak`` writes every copy anyway.
     protect_kw = {"keep_weak": True} if "keep_weak" in inspect.signature(protector.protect_file).parameters else {}
@@ -215,13 +221,14 @@ def run(settings: EngineSettings, name: str, photos: list[tuple[str, Path]], jud
                 continue
             original, written = _uint8(path), _uint8(Path(entry.output))
             label = f"{person}/{path.name}"
-            faces = detect_faces(original)
+            faces = detected(original)
             measured = measure_photo(label, original, written, faces, device=protector.device)
             quality.append(measured)
             sheet_rows.append((label, original, written, faces))
             uploaded = upload_like(written, 75, 1080)
             found_saved, found_upload, found_before = find_faces(written), find_faces(uploaded), find_faces(original)
-            judged = {j.name: (j.faces(original), j.faces(written), j.faces(uploaded)) for j in judges}
+            on = [(img, detected(img)) for img in (written, uploaded)] if judges else []
+            judged = {j.name: (j.faces(original, faces), *(j.faces(img, f) for img, f in on)) for j in judges}
             for ref_path, (ref_person, desc, judge_refs) in refs.items():
                 if ref_person != person or ref_path == path:
                     continue
