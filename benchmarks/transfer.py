@@ -30,6 +30,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, face_photos, git_rev, machine, md_table, write_results
 from benchmarks.protection import run
+from ghostmesh_daemon.dlib_check import MATCH_THRESHOLD
 from ghostmesh_daemon.engine.settings import settings_for
 
 FAMILIES = ("face", "mobileface", "facenet", "sface")
@@ -51,7 +52,7 @@ def configurations(kinds: list[str]) -> list[tuple[str, tuple[str, ...]]]:
 def rates(data: dict) -> dict[str, tuple[int, int]]:
     """(pairs no longer matched after the upload, pairs the judge matched before) for every family."""
     s = data["summary"]
-    matched_before = [p for p in data["pairs"] if p["before"] is not None and p["before"] < 0.6]
+    matched_before = [p for p in data["pairs"] if p["before"] is not None and p["before"] < MATCH_THRESHOLD]
     out = {"face": (sum(p["protected_upload"] for p in matched_before), len(matched_before))}
     for n, info in s["judges"].items():
         out[n] = (info["protected_upload"], info["pairs"])

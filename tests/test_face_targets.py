@@ -44,18 +44,13 @@ EXPECTED: dict[str, Expected] = {
 IMAGE_TARGETS = {"siglip"}
 FACE_TARGETS = sorted(set(list_targets()) - IMAGE_TARGETS)
 
-_BUILT: dict[str, Target] = {}
-
-
-@pytest.fixture(params=FACE_TARGETS)
+@pytest.fixture(scope="module", params=FACE_TARGETS)
 def target(request) -> Target:
-    name = request.param
-    if name not in _BUILT:
-        try:
-            _BUILT[name] = create_target(name)
-        except ModelUnavailable as err:
-            pytest.skip(f"{name} weights not installed: {err}")
-    return _BUILT[name]
+    """Each face target, built once for this module (pytest keeps one per parameter)."""
+    try:
+        return create_target(request.param)
+    except ModelUnavailable as err:
+        pytest.skip(f"{request.param} weights not installed: {err}")
 
 
 def embed_whole(target: Target, rgb: np.ndarray, face) -> torch.Tensor:
