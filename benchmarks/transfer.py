@@ -18,6 +18,7 @@ Writes ``benchmarks/results/<name>.json/.md`` and ``<name>_frontier.png`` (held-
 native face LPIPS, one point per preset and configuration).
 
     python -m benchmarks.transfer [--presets stealth,panic] [--per-person N] [--configs all,loo,single] [--name transfer]
+                                  [--set FIELD=VALUE ...]  (a lever, e.g. --set balance=gradnorm)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.common import RESULTS, face_photos, git_rev, machine, md_table, write_results
-from benchmarks.protection import run
+from benchmarks.protection import override_settings, run
 from ghostmesh_daemon.dlib_check import MATCH_THRESHOLD
 from ghostmesh_daemon.engine.settings import settings_for
 
@@ -112,6 +113,9 @@ def main() -> None:
     parser.add_argument("--per-person", type=int, default=1, help="photos per person (0: all 11)")
     parser.add_argument("--steps", type=int, default=None, help="override the presets' steps (quick look only)")
     parser.add_argument("--name", default="transfer")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a lever: override an EngineSettings field in every configuration (repeatable); "
+                             "the rows are labelled with it")
     parser.add_argument("--merge", metavar="A,B", help="write one table and plot from earlier results (names in "
                                                           "benchmarks/results) instead of measuring")
     args = parser.parse_args()
@@ -130,7 +134,9 @@ def main() -> None:
     for preset in args.presets.split(","):
         for label, targets in configurations(args.configs.split(",")):
             overrides = {"targets": targets} | ({"steps": args.steps} if args.steps else {})
-            settings = settings_for(preset, **overrides)
+            settings = override_settings(settings_for(preset, **overrides), args.set)
+            if args.set:
+                label = f"{label}, {', '.join(args.set)}"
             t0 = time.perf_counter()
             data = run(settings, f"{args.name}_{preset}", photos, judges, contact_sheet=False, quiet=True, write=False)
             r = rates(data)

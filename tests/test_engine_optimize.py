@@ -190,3 +190,48 @@ def test_target_weights_scale_each_identity_term(small_face, face_target, lpips_
     assert settings_for("stealth", target_weights=(("face", 2.0),)).to_dict()["target_weights"] == {"face": 2.0}
     with pytest.raises(ValueError):
         settings_for("stealth", target_weights=(("face", -1.0),))
+
+
+def test_gradnorm_balance_gives_each_push_the_same_norm():
+    """Two identity pushes whose gradients differ 100-fold reach the parameters with the same norm,
+    together as large as the two norms' mean each; the loss's own gradient is added unchanged."""
+    from ghostmesh_daemon.engine.optimize import _backward
+
+    theta = torch.zeros(4, requires_grad=True)
+    rendered = theta * 2  # the "render": one differentiable step between parameters and pushes
+    u, v = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
+    loss = (rendered * torch.tensor([0, 0, 0, 1.0])).sum()
+    _backward(loss, [(rendered * u).sum(), 100 * (rendered * v).sum()], [rendered])
+    grad = theta.grad.tolist()
+    assert grad[0] == pytest.approx(grad[1]) and grad[0] == pytest.approx(2 * (1 + 100) / 2)
+    assert grad[2] == 0 and grad[3] == pytest.approx(2.0)
+    theta.grad = None
+    rendered = theta * 2  # "shortfall": shares 1 and 3 split the same total push 1:3
+    _backward(rendered.sum() * 0, [(rendered * u).sum(), 100 * (rendered * v).sum()], [rendered], shares=[1.0, 3.0])
+    grad = theta.grad.tolist()
+    assert grad[1] == pytest.approx(3 * grad[0]) and grad[0] + grad[1] == pytest.approx(2 * (1 + 100))
+    theta.grad = None
+    rendered = theta * 2
+    _backward((rendered * (u + 100 * v)).sum(), [], [rendered])  # "sum": the plain gradient
+    assert theta.grad.tolist() == pytest.approx([2.0, 200.0, 0, 0])
+
+
+def test_shortfall_is_the_distance_still_to_go_of_rows_not_past_the_goal():
+    from ghostmesh_daemon.engine.optimize import _shortfall
+
+    dist = torch.tensor([0.2, 0.6, 1.2])
+    row = (torch.zeros(3), dist, dist >= 1.0)
+    assert _shortfall(row, 1.0) == pytest.approx((0.8 + 0.4) / 2)
+    assert _shortfall((torch.zeros(1), torch.tensor([1.5]), torch.tensor([True])), 1.0) == 0.0
+
+
+def test_balanced_pushes_with_one_target_are_the_summed_run(small_face, face_target, lpips_model):
+    """With one target there is nothing to share: balanced runs are the summed run, and they move the face."""
+    x, faces = small_face
+    runs = {b: protect_image(x, faces, [face_target], lpips_model, settings_for("stealth", steps=6, balance=b))
+            for b in ("sum", "gradnorm", "shortfall")}
+    for b in ("gradnorm", "shortfall"):
+        assert runs[b].targets["face"].distance_after[0] > 0.05
+        assert runs[b].targets["face"].distance_after[0] == pytest.approx(runs["sum"].targets["face"].distance_after[0], abs=1e-4)
+    with pytest.raises(ValueError):
+        settings_for("stealth", balance="max")

@@ -306,3 +306,24 @@ def test_realignment_scales_and_turns_about_the_chip_centre():
     assert torch.allclose(step, 0.1 * 149 * face.chip_to_image[:, 0] / face.chip_to_image[:, 0].norm() * 0.8, atol=1e-3)
     draws = [draw_alignment(torch.Generator().manual_seed(5), 0.08) for _ in range(2)]
     assert draws[0] == draws[1] and 0.92 <= draws[0].scale <= 1.08 and abs(draws[0].angle) <= 0.08
+
+
+def test_blotchiness_counts_same_signed_patches_not_grain(image):
+    """The coarse-noise penalty: a saturated patch costs the square of its bound (in mid-tone JNDs),
+    a pixel-by-pixel random sign of the same amplitude almost nothing, no noise exactly nothing."""
+    clean = [clean_view(image, g) for g in make().views]
+    p = make(whole_noise=False)
+    assert float(p.blotchiness(clean, sigma=2.0).detach()) == 0.0
+    with torch.no_grad():
+        p.noise[1].fill_(50.0)  # every pixel at +bound: one big patch
+    patch = float(p.blotchiness(clean, sigma=2.0).detach())
+    torch.manual_seed(1)
+    with torch.no_grad():
+        p.noise[1].copy_(torch.randn_like(p.noise[1]).sign() * 50.0)  # the same amplitude as grain
+    grain = float(p.blotchiness(clean, sigma=2.0).detach())
+    # luma at 0.05 and chroma at 0.025, in units of 3/255, squared, faded by the face's window
+    assert 0.2 * (0.05 * 255 / 3) ** 2 < patch < (0.05 * 255 / 3) ** 2
+    assert grain < 0.05 * patch
+    p.noise[1].grad = None
+    p.blotchiness(clean, sigma=2.0).backward()
+    assert p.noise[1].grad is not None and float(p.noise[1].grad.abs().sum()) > 0

@@ -12,6 +12,7 @@ MAX_ALIGN_SAMPLES = 8
 
 Mode = Literal["tanh", "pgd"]
 Preset = Literal["stealth", "panic"]
+Balance = Literal["sum", "gradnorm", "shortfall"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class EngineSettings:
     #: Weight of each target's identity term in the ensemble, as (name, weight) pairs; unnamed
     #: targets weigh 1. A weight of 0 keeps a target measured and reported but not pushed.
     target_weights: tuple[tuple[str, float], ...] = ()
+    #: How the targets' pushes combine: "sum" (as weighted), "gradnorm" (each scaled to the same
+    #: gradient norm each step, so the steepest model does not set every step's direction) or
+    #: "shortfall" (scaled to that norm times how far the model still is from its goal).
+    balance: Balance = "sum"
     mode: Mode = "tanh"
     preset: Preset = "stealth"
     steps: int = 120
@@ -43,6 +48,10 @@ class EngineSettings:
     #: Keep the noise grain-like: drop what is coarser than this many pixels (Gaussian sigma) before
     #: bounding it. Coherent streaks of the same amplitude are what people saw on smooth skin.
     grain: float = 0.0
+    #: Weight of the penalty on the noise's coarse part (blurred by ``blotch_sigma`` photo pixels):
+    #: under a per-pixel bound alone the optimizer fills smooth skin with same-signed patches.
+    blotch_weight: float = 0.0
+    blotch_sigma: float = 2.0
     lpips_budget: float = 0.05
     face_lpips_budget: float = 0.03
     vertical_weight: float = 30.0
@@ -85,6 +94,8 @@ class EngineSettings:
     siglip_model: str = "google/siglip-base-patch16-384"
 
     def __post_init__(self) -> None:
+        if self.balance not in ("sum", "gradnorm", "shortfall"):
+            raise ValueError(f"balance must be 'sum', 'gradnorm' or 'shortfall', got {self.balance!r}")
         for name, weight in self.target_weights:
             if not (isinstance(weight, (int, float)) and weight >= 0 and math.isfinite(weight)):
                 raise ValueError(f"target weight for {name!r} must be a number >= 0, got {weight!r}")
