@@ -145,11 +145,15 @@ class Key:
         return f"{self.section}.{self.name}"
 
 
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else f'"{value}"'
+
+
 def _preset_key(name: str, what: str, check: Callable[[Any], Any]) -> Key:
     """An engine key whose default is the preset's when the presets set it (then it has no value of
     its own and is written commented out, with the presets' values in its comment)."""
     if all(name in values for values in PRESETS.values()):
-        per_preset = ", ".join(f"{values[name]:g} for {preset}" for preset, values in PRESETS.items())
+        per_preset = ", ".join(f"{_shown(values[name])} for {preset}" for preset, values in PRESETS.items())
         return Key("engine", name, None, f"{what} (default: the preset's, {per_preset}).", check,
                    example=PRESETS["stealth"][name])
     default = getattr(EngineSettings(), name)
@@ -198,6 +202,10 @@ KEYS: tuple[Key, ...] = (
                 "Input diversity: each step also shows the face models each face re-aligned (scaled, turned,\n"
                 "shifted, mirrored) this many times at random; slower, transfers further",
                 _number(0, MAX_ALIGN_SAMPLES, integer=True)),
+    _preset_key("balance",
+                "How the face models share each step: \"sum\" (as weighted), \"gradnorm\" (each model's push scaled\n"
+                "to the same size) or \"shortfall\" (that size times how far the model still is from its goal)",
+                _choice("sum", "gradnorm", "shortfall")),
     _preset_key("lpips_budget", "Perceptual budget (LPIPS) for the whole photo, at its own resolution", _fraction),
     _preset_key("face_lpips_budget", "Perceptual budget (LPIPS) for each face, at its own resolution", _fraction),
     Key("engine", "siglip_model", "google/siglip-base-patch16-384",

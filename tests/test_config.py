@@ -62,6 +62,8 @@ def test_engine_keys_map_to_engine_settings_with_the_preset_underneath():
     assert (panic.steps, panic.flow_limit, panic.vertical_weight, panic.align_samples) == (
         panic_values["steps"], panic_values["flow_limit"], panic_values["vertical_weight"], panic_values["align_samples"])
     assert default.align_samples == stealth["align_samples"]
+    assert (default.balance, panic.balance) == (stealth["balance"], panic_values["balance"]) == ("sum", "shortfall")
+    assert parse_config({"engine": {"preset": "panic", "balance": "gradnorm"}}).engine_settings().balance == "gradnorm"
     mine = parse_config({"engine": {"preset": "panic", "steps": 7, "targets": ["siglip"], "seed": 3, "align_samples": 1}})
     s = mine.engine_settings()
     assert (s.steps, s.targets, s.seed, s.flow_limit, s.align_samples) == (7, ("siglip",), 3, panic_values["flow_limit"], 1)
@@ -104,6 +106,7 @@ def test_weak_photo_keys():
         ({"engine": {"target_weights": ["mobileface"]}}, "engine.target_weights", "NAME=WEIGHT"),
         ({"engine": {"target_weights": ["face=-1"]}}, "engine.target_weights", ">= 0"),
         ({"engine": {"align_samples": 9}}, "engine.align_samples", "at most 8"),
+        ({"engine": {"balance": "max"}}, "engine.balance", "'shortfall'"),
         ({"colours": {}}, "colours", "unknown section"),
         ({"watch": [{"poll": True}]}, "watch[1].path", "missing"),
         ({"watch": [{"path": "/x", "pol": True}]}, "watch[1].pol", "unknown key"),

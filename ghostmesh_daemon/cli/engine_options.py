@@ -24,6 +24,7 @@ ENGINE_OPTION_FIELDS = (
     "flow_limit",
     "lpips_budget",
     "align_samples",
+    "balance",
     "device",
     "seed",
 )
@@ -83,7 +84,8 @@ def _device(text: str) -> str:
 def _preset_default(name: str) -> str:
     """``the preset's: 0.03 for stealth, 0.05 for panic`` or the one default, for help texts."""
     if all(name in values for values in PRESETS.values()):
-        return "the preset's, " + ", ".join(f"{values[name]:g} for {preset}" for preset, values in PRESETS.items())
+        shown = lambda v: f"{v:g}" if isinstance(v, (int, float)) else v  # noqa: E731
+        return "the preset's, " + ", ".join(f"{shown(values[name])} for {preset}" for preset, values in PRESETS.items())
     return f"{getattr(EngineSettings(), name):g}"
 
 
@@ -104,6 +106,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                    help=f"perceptual budget for the whole photo (default: {_preset_default('lpips_budget')})")
     g.add_argument("--align-samples", type=_whole_number(0, MAX_ALIGN_SAMPLES), metavar="N",
                    help="re-aligned copies of each face the face models also see each step (default: the preset's, 0 or 2)")
+    g.add_argument("--balance", choices=("sum", "gradnorm", "shortfall"),
+                   help="how the face models share each step: sum, gradnorm (equal pushes) or shortfall (pushes by "
+                        f"how far each model still is from its goal) (default: {_preset_default('balance')})")
     g.add_argument("--device", type=_device, metavar="DEV", help="auto, cpu, cuda[:N] or mps (default: auto)")
     g.add_argument("--seed", type=int, metavar="N", help="random seed (default: 0)")
 
