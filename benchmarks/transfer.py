@@ -15,7 +15,7 @@ row carries its native-resolution quality (``benchmarks.quality``: every face on
 and the three measures the engine does not optimize, beside a ±4/255 noise reference).
 
 Writes ``benchmarks/results/<name>.json/.md`` and ``<name>_frontier.png`` (held-out rate against median
-native face LPIPS, one point per preset and configuration).
+native face LPIPS: one point per preset and lever, each run as a small dot).
 
     python -m benchmarks.transfer [--presets stealth,panic] [--per-person N] [--configs all,loo,single] [--name transfer]
                                   [--set FIELD=VALUE ...]  (a lever, e.g. --set balance=gradnorm)
@@ -76,31 +76,34 @@ def pct(hit: int, total: int) -> str:
 
 
 def frontier_plot(rows: list[dict], dest: Path) -> None:
+    """One labelled point per preset and lever (the mean held-out rate of its leave-one-out runs, and of
+    its each-alone runs, against their mean median face LPIPS); each run itself as a small dot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["held_out_rate"] is not None:
+            kind = "leave-one-out" if r["config"].startswith("without") else "each alone"
+            groups[(r["preset"], setting(r), kind)].append(r)
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
     for preset, marker in (("stealth", "o"), ("panic", "s")):
         pts = [r for r in rows if r["preset"] == preset and r["held_out_rate"] is not None]
-        if not pts:
-            continue
         ax.scatter([r["median_face_lpips_native"] for r in pts], [100 * r["held_out_rate"] for r in pts],
-                   marker=marker, label=preset)
-        level: dict[int, int] = defaultdict(int)  # labels of points at the same rate are stacked, not overprinted
-        for r in sorted(pts, key=lambda r: r["median_face_lpips_native"]):
-            k = level[round(100 * r["held_out_rate"] / 8)]
-            level[round(100 * r["held_out_rate"] / 8)] += 1
-            ax.annotate(f"{r['config']} ({preset})", (r["median_face_lpips_native"], 100 * r["held_out_rate"]),
-                        fontsize=7, xytext=(3, 3 + 9 * k), textcoords="offset points")
+                   marker=marker, s=12, alpha=0.35, color="grey")
+    for k, ((preset, label, kind), rs) in enumerate(sorted(groups.items())):
+        x = statistics.mean(r["median_face_lpips_native"] for r in rs)
+        y = 100 * statistics.mean(r["held_out_rate"] for r in rs)
+        ax.scatter([x], [y], marker="o" if preset == "stealth" else "s", s=60, label=f"{label}: {kind} (mean of {len(rs)})")
     ax.axvline(0.03, color="grey", lw=0.8, ls="--")
     ax.text(0.0302, 2, "stealth budget (median 0.03)", fontsize=7, color="grey")
     ax.set_xlabel("median face LPIPS-AlexNet at native resolution (lower = less visible)")
     ax.set_ylabel("held-out pairs unmatched after JPEG 75 + 1080 px (%)")
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(dest)
     plt.close(fig)
@@ -162,13 +165,20 @@ def main() -> None:
     report(args.name, rows, photos, args.per_person)
 
 
+def setting(row: dict) -> str:
+    """The preset and the lever a row was measured with ("panic" or "panic, balance=shortfall"): each
+    lever's leave-one-out runs are averaged on their own."""
+    _, sep, lever = row["config"].partition(", ")
+    return f"{row['preset']}, {lever}" if sep else row["preset"]
+
+
 def report(name: str, rows: list[dict], photos: list[tuple[str, Path]] | list[str], per_person: int,
            revisions: list[str] | None = None) -> None:
     """Write ``<name>.json/.md`` and ``<name>_frontier.png`` for ``rows`` (one per preset and configuration)."""
     loo = defaultdict(list)
     for row in rows:
         if row["config"].startswith("without"):
-            loo[row["preset"]].append(row["held_out_rate"])
+            loo[setting(row)].append(row["held_out_rate"])
     summary = {p: {"leave_one_out_mean": statistics.mean(v) if all(x is not None for x in v) else None,
                    "configs": len(v)} for p, v in loo.items()}
     revision = ", ".join(dict.fromkeys(revisions)) if revisions else git_rev()
