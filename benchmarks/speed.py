@@ -18,6 +18,7 @@ import sys
 import time
 
 from benchmarks.common import FACES, git_rev, jpeg_encoding_of, machine, md_table, write_results
+from ghostmesh_daemon.engine.settings import BALANCES
 
 
 def _photo(megapixels: float):
@@ -158,7 +159,7 @@ def main() -> None:
     p.add_argument("--one", nargs=2, metavar=("MP", "SET"), help=argparse.SUPPRESS)
     p.add_argument("--name", default="speed")
     p.add_argument("--no-jpeg", action="store_true", help="time steps without judging the JPEG the photo is written as")
-    p.add_argument("--balance", default="sum", choices=("sum", "gradnorm", "shortfall"),
+    p.add_argument("--balance", default="sum", choices=BALANCES,
                    help="how the targets' pushes combine (panic shares them by shortfall)")
     args = p.parse_args()
     if args.one:

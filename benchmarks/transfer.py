@@ -93,7 +93,7 @@ def frontier_plot(rows: list[dict], dest: Path) -> None:
         pts = [r for r in rows if r["preset"] == preset and r["held_out_rate"] is not None]
         ax.scatter([r["median_face_lpips_native"] for r in pts], [100 * r["held_out_rate"] for r in pts],
                    marker=marker, s=12, alpha=0.35, color="grey")
-    for k, ((preset, label, kind), rs) in enumerate(sorted(groups.items())):
+    for (preset, label, kind), rs in sorted(groups.items()):
         x = statistics.mean(r["median_face_lpips_native"] for r in rs)
         y = 100 * statistics.mean(r["held_out_rate"] for r in rs)
         ax.scatter([x], [y], marker="o" if preset == "stealth" else "s", s=60, label=f"{label}: {kind} (mean of {len(rs)})")

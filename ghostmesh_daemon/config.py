@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import platformdirs
 
-from .engine.settings import MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, settings_for
+from .engine.settings import BALANCES, MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, preset_values, settings_for
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -145,15 +145,11 @@ class Key:
         return f"{self.section}.{self.name}"
 
 
-def _shown(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) else f'"{value}"'
-
-
 def _preset_key(name: str, what: str, check: Callable[[Any], Any]) -> Key:
     """An engine key whose default is the preset's when the presets set it (then it has no value of
     its own and is written commented out, with the presets' values in its comment)."""
-    if all(name in values for values in PRESETS.values()):
-        per_preset = ", ".join(f"{_shown(values[name])} for {preset}" for preset, values in PRESETS.items())
+    per_preset = preset_values(name, quote=True)
+    if per_preset is not None:
         return Key("engine", name, None, f"{what} (default: the preset's, {per_preset}).", check,
                    example=PRESETS["stealth"][name])
     default = getattr(EngineSettings(), name)
@@ -205,7 +201,7 @@ KEYS: tuple[Key, ...] = (
     _preset_key("balance",
                 "How the face models share each step: \"sum\" (as weighted), \"gradnorm\" (each model's push scaled\n"
                 "to the same size) or \"shortfall\" (that size times how far the model still is from its goal)",
-                _choice("sum", "gradnorm", "shortfall")),
+                _choice(*BALANCES)),
     _preset_key("lpips_budget", "Perceptual budget (LPIPS) for the whole photo, at its own resolution", _fraction),
     _preset_key("face_lpips_budget", "Perceptual budget (LPIPS) for each face, at its own resolution", _fraction),
     Key("engine", "siglip_model", "google/siglip-base-patch16-384",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Mapping
 
-from ..engine.settings import MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, settings_for
+from ..engine.settings import BALANCES, MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, preset_values, settings_for
 from ..errors import UsageError
 
 #: EngineSettings fields that have a command-line option (dest names match the field names).
@@ -83,9 +83,9 @@ def _device(text: str) -> str:
 
 def _preset_default(name: str) -> str:
     """``the preset's: 0.03 for stealth, 0.05 for panic`` or the one default, for help texts."""
-    if all(name in values for values in PRESETS.values()):
-        shown = lambda v: f"{v:g}" if isinstance(v, (int, float)) else v  # noqa: E731
-        return "the preset's, " + ", ".join(f"{shown(values[name])} for {preset}" for preset, values in PRESETS.items())
+    per_preset = preset_values(name)
+    if per_preset is not None:
+        return f"the preset's, {per_preset}"
     return f"{getattr(EngineSettings(), name):g}"
 
 
@@ -106,7 +106,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                    help=f"perceptual budget for the whole photo (default: {_preset_default('lpips_budget')})")
     g.add_argument("--align-samples", type=_whole_number(0, MAX_ALIGN_SAMPLES), metavar="N",
                    help="re-aligned copies of each face the face models also see each step (default: the preset's, 0 or 2)")
-    g.add_argument("--balance", choices=("sum", "gradnorm", "shortfall"),
+    g.add_argument("--balance", choices=BALANCES,
                    help="how the face models share each step: sum, gradnorm (equal pushes) or shortfall (pushes by "
                         f"how far each model still is from its goal) (default: {_preset_default('balance')})")
     g.add_argument("--device", type=_device, metavar="DEV", help="auto, cpu, cuda[:N] or mps (default: auto)")

@@ -324,7 +324,7 @@ def protect_image(
             p.grad = None
         # each balanced push's share: its ensemble weight, times its distance still to go for "shortfall"
         shares = [weights[t.name] * (_shortfall(done["targets"][t.name], t.goal * ev.goal_scale)
-                                     if settings.balance == "shortfall" else 1.0) for t in pushing]
+                                     if settings.balance == "shortfall" else 1.0) for t in pushing] if balanced else None
         _backward(loss, balanced, [scene.whole, *(v.image for v in scene.faces)], shares)
         if optimizer is not None:
             optimizer.step()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 #: Most re-aligned copies of each face per step (each costs a face model's forward and backward pass).
 MAX_ALIGN_SAMPLES = 8
@@ -13,6 +13,7 @@ MAX_ALIGN_SAMPLES = 8
 Mode = Literal["tanh", "pgd"]
 Preset = Literal["stealth", "panic"]
 Balance = Literal["sum", "gradnorm", "shortfall"]
+BALANCES: tuple[str, ...] = get_args(Balance)
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,8 @@ class EngineSettings:
     siglip_model: str = "google/siglip-base-patch16-384"
 
     def __post_init__(self) -> None:
-        if self.balance not in ("sum", "gradnorm", "shortfall"):
-            raise ValueError(f"balance must be 'sum', 'gradnorm' or 'shortfall', got {self.balance!r}")
+        if self.balance not in BALANCES:
+            raise ValueError(f"balance must be one of {', '.join(map(repr, BALANCES))}, got {self.balance!r}")
         for name, weight in self.target_weights:
             if not (isinstance(weight, (int, float)) and weight >= 0 and math.isfinite(weight)):
                 raise ValueError(f"target weight for {name!r} must be a number >= 0, got {weight!r}")
@@ -140,6 +141,15 @@ PRESETS: dict[str, dict] = {
     "panic": {"noise_limit": 0.05, "jnd_scale": 3.0, "jnd_flat": 0.5, "chroma_ratio": 0.25, "flow_limit": 0.015,
               "vertical_weight": 30.0, "face_lpips_budget": 0.06, "steps": 300, "align_samples": 2, "balance": "shortfall"},
 }
+
+
+def preset_values(name: str, quote: bool = False) -> str | None:
+    """``0.03 for stealth, 0.05 for panic`` for a setting every preset sets (None otherwise), for help
+    texts and the config file's comments; ``quote`` puts text values in quotes, as TOML writes them."""
+    if not all(name in values for values in PRESETS.values()):
+        return None
+    shown = lambda v: f"{v:g}" if isinstance(v, (int, float)) else (f'"{v}"' if quote else v)  # noqa: E731
+    return ", ".join(f"{shown(values[name])} for {preset}" for preset, values in PRESETS.items())
 
 
 def parse_target_weights(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, float], ...]:
