@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ghostmesh_daemon.engine.perception import (PerceptualBounds, jnd_map, jnd_terms, rgb_to_ycc, shape_for,
-                                                uniform_bounds, ycc_to_rgb)
+from ghostmesh_daemon.engine.eot import gaussian_blur
+from ghostmesh_daemon.engine.perception import (DETAIL_SIGMAS, PerceptualBounds, detail_layers, jnd_map, jnd_terms,
+                                                rgb_to_ycc, shape_for, uniform_bounds, ycc_to_rgb)
 from ghostmesh_daemon.engine.scene import Face, ViewGeometry
-from ghostmesh_daemon.engine.synthesis import Bounds, Perturbation, view_coordinates
+from ghostmesh_daemon.engine.synthesis import (Bounds, Perturbation, clean_view, feather_window, to_view_normalized,
+                                               view_coordinates)
 
 H, W = 120, 160
 #: A synthetic face whose 150 px chip covers (40, 20)-(120, 100): 80 px wide, centred at (80, 60).
@@ -153,3 +155,97 @@ def test_decisions_and_report_use_the_native_measure(lpips_model, face_target):
     assert native > 3 * small  # the downscaled proxy hides the texture; decisions do not use it
     assert ev.lpips == pytest.approx(tiled_lpips(lpips_model, x, y), rel=1e-6)
     assert "native" in ev.method["face_lpips"] and "tiles" in ev.method["lpips"]
+
+
+@pytest.fixture
+def half_flat(photo) -> torch.Tensor:
+    """The striped left half of ``photo`` beside an exactly flat right half: smooth skin with no detail."""
+    x = photo.clone()
+    x[..., W // 2:] = 0.5
+    return x
+
+
+def _detail_shape(x: torch.Tensor, gain: float = 0.5, boost: float | None = None, pixels: float = 0.0,
+                  **kw) -> PerceptualBounds:
+    args = dict(noise_limit=0.05, jnd_scale=1.0, chroma_ratio=0.25, flow_fraction=0.0, noise_everywhere=False) | kw
+    return shape_for(x, [FACE], detail_gain=(gain,) * 4, detail_boost=boost, detail_pixels=pixels, **args)
+
+
+def test_detail_layers_add_up_to_the_luma(photo):
+    layers = detail_layers(photo)
+    luma = rgb_to_ycc(photo)[:, :1]
+    assert layers.shape == (1, len(DETAIL_SIGMAS), H, W)
+    assert torch.allclose(layers.sum(1, keepdim=True) + gaussian_blur(luma, DETAIL_SIGMAS[-1]), luma, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["tanh", "pgd"])
+def test_detail_basis_keeps_the_luma_bound_and_draws_nothing_on_flat_skin(mode, half_flat):
+    """Re-weighting the photo's own detail cannot put texture where there is none (the bands and
+    mottling free noise drew on smooth skin), leaves colour alone, and never passes the JND bound."""
+    shape = _detail_shape(half_flat)
+    p = _perturbation(half_flat, mode, shape)
+    assert p.channels == 4
+    out, _ = p.render_full(half_flat, band=50)
+    assert float((out - half_flat).abs().max()) < 1e-5  # zero gains: the original (up to grid_sample)
+    with torch.no_grad():  # every band's contrast down by the most allowed (the gains are low-passed)
+        p.noise[1].fill_(-50.0 if mode == "tanh" else -3.0)
+    if mode == "pgd":
+        p.project([torch.zeros(1)] * 2)
+    out, _ = p.render_full(half_flat, band=50)
+    ycc = rgb_to_ycc(out - half_flat)
+    coords = view_coordinates(ViewGeometry(box=(0, 0, W, H), size=(H, W)), (H, W))
+    bound = shape.channel_bounds(shape.jnd) * shape.noise_mask_at(coords)
+    assert torch.all(ycc[:, :1].abs() <= bound[:, :1] + 1e-5)
+    assert float(ycc[:, 1:].abs().max()) < 1e-5  # chroma untouched
+    # inside the face, more than the coarsest band's reach (2.5 sigma) plus the gains' from the stripes
+    assert float(ycc[0, 0, 40:80, 105:118].abs().max()) < 1e-5
+    assert float(ycc[0, 0, 40:80, 50:75].abs().mean()) > 0.01  # while the striped half changes
+
+
+def test_detail_basis_decreases_and_increases_detail_by_their_own_limits(photo):
+    # a bound far above the change (JND x 100, cap 1) so the outer tanh is nearly the identity
+    shape = _detail_shape(photo, gain=0.5, boost=0.1, noise_limit=1.0, jnd_scale=100.0)
+    p = _perturbation(photo, "tanh", shape)
+    changes = []
+    for sign in (1.0, -1.0):
+        with torch.no_grad():
+            p.noise[1].fill_(sign * 50.0)
+        out, _ = p.render_full(photo, band=50)
+        changes.append(rgb_to_ycc(out - photo)[0, 0, 50:70, 70:90])
+    raised, lowered = changes
+    detail = detail_layers(photo).sum(1)[0, 50:70, 70:90]
+    window = feather_window(to_view_normalized(
+        view_coordinates(ViewGeometry(box=(0, 0, W, H), size=(H, W)), (H, W)), FACE_VIEW, (H, W)), Bounds().feather)
+    assert float(window[0, 0, 50:70, 70:90].min()) == 1.0  # the middle of the face view: gains fully on
+    assert torch.allclose(raised, 0.1 * detail, atol=2e-3)  # x1.1 at most
+    assert torch.allclose(lowered, -0.5 * detail, atol=5e-3)  # x0.5 at least
+    assert float(detail.abs().max()) > 0.05  # and there is detail to change
+
+
+def test_detail_basis_with_free_noise_keeps_both_bounds(half_flat):
+    shape = _detail_shape(half_flat, pixels=0.3)
+    p = _perturbation(half_flat, "tanh", shape)
+    assert p.channels == 3 + 4
+    _push(p, 50.0)
+    out, _ = p.render_full(half_flat, band=50)
+    ycc = rgb_to_ycc(out - half_flat)
+    coords = view_coordinates(ViewGeometry(box=(0, 0, W, H), size=(H, W)), (H, W))
+    bound = shape.channel_bounds(shape.jnd) * shape.noise_mask_at(coords)
+    assert torch.all(ycc[:, :1].abs() <= bound[:, :1] + 1e-5)
+    assert torch.all(ycc[:, 1:].abs() <= 0.3 * bound[:, 1:] + 1e-5)  # colour only from the free share
+    # on flat skin only the free share is left, and it is used
+    flat = ycc[0, 0, 50:70, 105:115].abs() / bound[0, 0, 50:70, 105:115]
+    assert float(flat.max()) <= 0.3 + 1e-4 and float(flat.mean()) > 0.2
+
+
+def test_detail_basis_view_matches_the_full_render(photo):
+    """The gains' low-pass runs per view while optimizing and over row bands when written: the two agree."""
+    shape = _detail_shape(photo)
+    p = _perturbation(photo, "tanh", shape)
+    with torch.no_grad():
+        p.noise[1].normal_(0, 1, generator=torch.Generator().manual_seed(4))
+    out, _ = p.render_full(photo, band=32)
+    with torch.no_grad():
+        view = p.render_views([clean_view(photo, v) for v in p.views])[1].clamp(0, 1)
+    x0, y0, x1, y1 = FACE_VIEW.box
+    assert torch.allclose(view[..., 10:-10, 10:-10], out[..., y0 + 10:y1 - 10, x0 + 10:x1 - 10], atol=2e-5)

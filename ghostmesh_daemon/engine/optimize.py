@@ -95,10 +95,13 @@ def make_perturbation(x: Tensor, faces: Sequence[Face], settings: EngineSettings
                       face_geoms: list[ViewGeometry], need_detail: bool) -> Perturbation:
     """The perturbation of photo ``x`` with every per-pixel bound ``settings`` asks for (noise on the
     faces only, unless an image-level target ``need_detail``)."""
-    bounds = Bounds(noise_limit=settings.noise_limit, flow_limit=settings.flow_limit, mode=settings.mode, grain=settings.grain)
+    bounds = Bounds(noise_limit=settings.noise_limit, flow_limit=settings.flow_limit, mode=settings.mode, grain=settings.grain,
+                    detail_smooth=settings.detail_smooth)
     shape = shape_for(x, list(faces), noise_limit=settings.noise_limit, jnd_scale=settings.jnd_scale,
                       chroma_ratio=settings.chroma_ratio, flow_fraction=settings.flow_limit, noise_everywhere=need_detail,
-                      flat=settings.jnd_flat)
+                      flat=settings.jnd_flat, detail_gain=(settings.detail_gain,) * settings.detail_bands if settings.detail_gain else (),
+                      detail_boost=settings.detail_boost if settings.detail_boost >= 0 else None,
+                      detail_pixels=settings.detail_pixels)
     return Perturbation(tuple(x.shape[-2:]), whole, face_geoms, bounds, shape, settings.flow_grid,
                         whole_noise=need_detail).to(x.device)
 

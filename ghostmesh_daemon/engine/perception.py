@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .eot import gaussian_blur
 from .scene import Face
 
 #: RGB -> (Y, Cb, Cr) on [0, 1] values (JPEG's matrix without the offsets); rows are Y, Cb, Cr.
@@ -140,6 +141,15 @@ class PerceptualBounds:
     flow_fraction: float
     noise_disc: tuple[float, float] = (0.8, 1.05)
     flow_disc: tuple[float, float] = (0.45, 0.8)
+    #: The original's own luma detail, one band-pass layer per scale, (1, K, H, W), when the noise is
+    #: a local re-weighting of that detail (``noise_basis`` "detail") instead of free pixels.
+    detail: Tensor | None = None
+    #: The largest relative change of each detail band (0.5: that band's contrast from x0.5 to x1.5).
+    detail_gain: tuple[float, ...] = ()
+    #: The largest relative increase of any band, when it differs from the decrease (None: the same).
+    detail_boost: float | None = None
+    #: Share of the per-pixel bound left to free noise on top of the detail re-weighting (0: none).
+    detail_pixels: float = 0.0
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -172,13 +182,38 @@ class PerceptualBounds:
         return torch.cat([jnd[:, :1], jnd[:, 1:2], jnd[:, 1:2]], dim=1)
 
 
+#: Scales (Gaussian sigma, photo pixels) that split the luma into detail bands: fine grain and pores,
+#: skin texture and lashes, features' edges, and the shading that models a face's shape.
+DETAIL_SIGMAS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+
+
+@torch.no_grad()
+def detail_layers(x: Tensor, sigmas: tuple[float, ...] = DETAIL_SIGMAS) -> Tensor:
+    """The luma of ``x`` (1, 3, H, W) split into band-pass layers, (1, K, H, W): ``Y - G(s1)``,
+    ``G(s1) - G(s2)``, ... (``G(s)``: Gaussian blur of sigma ``s`` pixels). Their sum plus the
+    coarsest blur is the luma again, so a gain of 1 on every band is the photo itself."""
+    y = torch.einsum("c,bchw->bhw", RGB_TO_YCC[0].to(x), x)[:, None]
+    layers, previous = [], y
+    for sigma in sigmas:
+        blurred = gaussian_blur(y, sigma)
+        layers.append(previous - blurred)
+        previous = blurred
+    return torch.cat(layers, dim=1)
+
+
 def shape_for(x: Tensor, faces: list[Face] | tuple[Face, ...], *, noise_limit: float, jnd_scale: float,
-              chroma_ratio: float, flow_fraction: float, noise_everywhere: bool, flat: float = 1.0) -> PerceptualBounds:
-    """The per-pixel bounds for photo ``x``: its JND scaled by ``jnd_scale`` and capped at ``noise_limit``."""
+              chroma_ratio: float, flow_fraction: float, noise_everywhere: bool, flat: float = 1.0,
+              detail_gain: tuple[float, ...] = (), detail_boost: float | None = None,
+              detail_pixels: float = 0.0) -> PerceptualBounds:
+    """The per-pixel bounds for photo ``x``: its JND scaled by ``jnd_scale`` and capped at ``noise_limit``
+    (with ``detail_gain``, one gain per band of :data:`DETAIL_SIGMAS`, also its detail layers)."""
     texture, luminance = (jnd_terms(x) * jnd_scale).unbind(1)
     luma = torch.maximum(texture, flat * luminance).clamp(max=noise_limit)
     chroma = chroma_ratio * torch.minimum(luma, luminance)
-    return PerceptualBounds(torch.stack([luma, chroma], dim=1), chroma_ratio, tuple(FaceRegion.of(f) for f in faces), noise_everywhere, flow_fraction)
+    detail = detail_layers(x, DETAIL_SIGMAS[: len(detail_gain)]) if detail_gain else None
+    return PerceptualBounds(torch.stack([luma, chroma], dim=1), chroma_ratio, tuple(FaceRegion.of(f) for f in faces),
+                            noise_everywhere, flow_fraction, detail=detail, detail_gain=tuple(detail_gain), detail_boost=detail_boost,
+                            detail_pixels=detail_pixels)
 
 
 def uniform_bounds(image_hw: tuple[int, int], faces=(), *, limit: float = 0.05, chroma_ratio: float = 1.0,

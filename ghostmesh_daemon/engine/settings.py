@@ -53,6 +53,16 @@ class EngineSettings:
     #: under a per-pixel bound alone the optimizer fills smooth skin with same-signed patches.
     blotch_weight: float = 0.0
     blotch_sigma: float = 2.0
+    #: Noise basis: 0 = free pixels under the JND bound; > 0 = the noise only re-weights the
+    #: original's own luma detail (``detail_bands`` bands, finest first), each band's contrast by at
+    #: most this fraction, with gains that vary over ``detail_smooth`` photo pixels (a local retouch).
+    detail_gain: float = 0.0
+    detail_bands: int = 4
+    detail_smooth: float = 3.0
+    #: Largest relative increase of a detail band (< 0: the same as ``detail_gain``).
+    detail_boost: float = -1.0
+    #: Share of the per-pixel noise bound also given to free pixel noise in the detail basis.
+    detail_pixels: float = 0.0
     lpips_budget: float = 0.05
     face_lpips_budget: float = 0.03
     vertical_weight: float = 30.0

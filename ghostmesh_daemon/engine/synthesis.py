@@ -49,6 +49,7 @@ class Bounds:
     mode: str = "tanh"  # or "pgd"
     feather: float = 0.25  # fraction of a face view's half-size over which its noise fades out
     grain: float = 0.0  # sigma (photo pixels) of the high-pass that keeps the noise grain-like; 0 = off
+    detail_smooth: float = 3.0  # sigma (photo pixels) of the low-pass on the detail gains (detail basis)
 
     def __post_init__(self) -> None:
         if self.mode not in ("tanh", "pgd"):
@@ -114,10 +115,16 @@ class Perturbation(nn.Module):
         gh, gw = (flow_grid, max(2, round(flow_grid * W / H))) if H >= W else (max(2, round(flow_grid * H / W)), flow_grid)
         self.flow = nn.Parameter(torch.zeros(1, 2, gh, gw))
         self.views = [whole, *face_views]
+        # free noise: Y, Cb, Cr; detail basis: one gain per band (after Y, Cb, Cr when free noise is kept too)
+        if shape.detail is None:
+            channels = 3
+        else:
+            channels = len(shape.detail_gain) + (3 if shape.detail_pixels > 0 else 0)
+        self.channels = channels
         # Without an image-level target nothing asks for noise outside the faces: the whole-photo
         # noise is then left out (an empty parameter) rather than optimized towards zero.
         self.noise = nn.ParameterList(
-            [nn.Parameter(torch.zeros(1, 3, *v.size) if (i > 0 or whole_noise) else torch.zeros(0)) for i, v in enumerate(self.views)]
+            [nn.Parameter(torch.zeros(1, channels, *v.size) if (i > 0 or whole_noise) else torch.zeros(0)) for i, v in enumerate(self.views)]
         )
         self._plans: dict[tuple, _ViewPlan] = {}
 
@@ -161,7 +168,7 @@ class Perturbation(nn.Module):
                 term = term * feather_window(local, self.bounds.feather)
             total = term if total is None else total + term
         if total is None:
-            total = coords.new_zeros(1, 3, *coords.shape[1:3])
+            total = coords.new_zeros(1, self.channels, *coords.shape[1:3])
         return total
 
     def bounded(self, raw: Tensor, view_scale: float = 1.0) -> Tensor:
@@ -212,7 +219,8 @@ class Perturbation(nn.Module):
             jnd = clean_view(self.shape.jnd.to(device=device, dtype=dtype), geometry)
             bound = self.noise_bound_at(coords, jnd)
             flow_px = self.shape.flow_limit_at(coords)
-            self._plans[key] = _ViewPlan(coords, local, scale, window, others, bound, flow_px)
+            detail = None if self.shape.detail is None else clean_view(self.shape.detail.to(device=device, dtype=dtype), geometry)
+            self._plans[key] = _ViewPlan(coords, local, scale, window, others, bound, flow_px, detail)
         return self._plans[key]
 
     def render_view(self, index: int, clean: Tensor, field: Tensor | None = None) -> Tensor:
@@ -233,7 +241,37 @@ class Perturbation(nn.Module):
             raw = raw + (term if window is None else term * window)
         if self.noise[index].numel():
             raw = raw + (self.noise[index] if plan.window is None else self.noise[index] * plan.window)
-        return plan.bound * self.bounded(raw, self.views[index].scale[1]) if raw.ndim else None
+        return self.to_ycc(raw, plan.bound, plan.detail, self.views[index].scale[1]) if raw.ndim else None
+
+    def to_ycc(self, raw: Tensor, bound: Tensor, detail: Tensor | None, view_scale: float = 1.0) -> Tensor:
+        """The raw parameters' sum at some pixels -> (1, 3, h, w) luma/chroma changes within ``bound``.
+
+        Free pixels: ``bound * tanh(raw)``. Detail basis: each raw channel, low-passed so that it
+        varies slowly, becomes the gain of one band of the original's own luma detail, and the luma
+        change is ``B * tanh(sum_k g_k t_k D_k / B)`` (``B``: the luma bound). The cloak can then only
+        make existing detail locally stronger or weaker, the way a retouch's clarity or smoothing
+        does; it cannot draw texture where the photo has none (the bands and mottling of free noise
+        on smooth skin). The outer tanh keeps the per-pixel JND bound exact; chroma is left alone.
+        """
+        if detail is None:
+            return bound * self.bounded(raw, view_scale)
+        share = self.shape.detail_pixels
+        free = None
+        if share > 0:  # free pixel noise on top, within a share of the bound (stealth's, for panic's 3 JNDs)
+            free, raw = share * bound * self.bounded(raw[:, :3], view_scale), raw[:, 3:]
+        if self.bounds.detail_smooth > 0:
+            raw = gaussian_blur(raw, self.bounds.detail_smooth * view_scale)
+        t = torch.tanh(raw) if self.bounds.mode == "tanh" else raw.clamp(-1, 1)
+        gains = torch.tensor(self.shape.detail_gain, device=raw.device, dtype=raw.dtype).reshape(1, -1, 1, 1)
+        boost = self.shape.detail_boost
+        scaled = gains * t if boost is None else torch.where(t < 0, gains * t, boost * t)
+        u = (scaled * detail).sum(1, keepdim=True)
+        luma = bound[:, :1]
+        if free is None:
+            y = luma * torch.tanh(u / (luma + 1e-6))
+            return torch.cat([y, torch.zeros_like(y), torch.zeros_like(y)], dim=1)
+        y = luma * torch.tanh((u + free[:, :1]) / (luma + 1e-6))
+        return torch.cat([y, free[:, 1:]], dim=1)
 
     def blotchiness(self, clean_views: list[Tensor], sigma: float) -> Tensor:
         """Mean square of the noise's coarse part (Gaussian blur of ``sigma`` photo pixels) over the
@@ -272,7 +310,8 @@ class Perturbation(nn.Module):
         full = ViewGeometry(box=(0, 0, W, H), size=(H, W))
         out = torch.empty_like(x)
         max_flow_px = max((f.side_px * self.shape.flow_fraction for f in self.shape.faces), default=0.0)
-        pad = math.ceil(max_flow_px) + 2 + math.ceil(3 * self.bounds.grain)
+        smooth = self.bounds.detail_smooth if self.shape.detail is not None else 0.0
+        pad = math.ceil(max_flow_px) + 2 + math.ceil(3 * self.bounds.grain) + math.ceil(3 * smooth)
         max_delta = 0.0
         max_flow = 0.0
         jnd_full = self.shape.jnd.to(device=x.device, dtype=x.dtype)
@@ -282,10 +321,11 @@ class Perturbation(nn.Module):
             i0, i1 = max(0, r0 - pad), min(H, r1 + pad)
             src_geom = ViewGeometry(box=(0, i0, W, i1), size=(i1 - i0, W))
             src_coords = view_coordinates(src_geom, self.image_hw, x.device, dtype=x.dtype)
-            b = self.bounded(self.raw_noise_at(src_coords))
+            raw = self.raw_noise_at(src_coords)
             if self.bounds.mode == "pgd":
-                b = b.clamp(-1, 1)  # the bound is exact in the written photo whatever the projection left
-            delta = ycc_to_rgb(self.noise_bound_at(src_coords, jnd_full[..., i0:i1, :]) * b)
+                raw = raw.clamp(-1, 1)  # the bound is exact in the written photo whatever the projection left
+            detail = None if self.shape.detail is None else self.shape.detail[..., i0:i1, :].to(x)
+            delta = ycc_to_rgb(self.to_ycc(raw, self.noise_bound_at(src_coords, jnd_full[..., i0:i1, :]), detail))
             coords = view_coordinates(full, self.image_hw, x.device, rows=(r0, r1), dtype=x.dtype)
             flow = self.flow_at(coords, self.shape.flow_limit_at(coords), field)
             grid = to_view_normalized(coords + flow, src_geom, self.image_hw)
@@ -337,6 +377,7 @@ class _ViewPlan:
     others: list[tuple[int, Tensor, Tensor | None]]  # other views' noise reaching this one
     bound: Tensor  # (1, 3, h, w) per-pixel bounds of Y, Cb, Cr (JND x chroma ratio x face mask)
     flow_px: Tensor  # (1, 1, h, w) the warp's limit at each pixel, image pixels
+    detail: Tensor | None = None  # (1, K, h, w) the original's luma detail bands (detail basis)
 
 
 def clean_view(x: Tensor, geometry: ViewGeometry) -> Tensor:
