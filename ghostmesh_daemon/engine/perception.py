@@ -210,6 +210,8 @@ def shape_for(x: Tensor, faces: list[Face] | tuple[Face, ...], *, noise_limit: f
     texture, luminance = (jnd_terms(x) * jnd_scale).unbind(1)
     luma = torch.maximum(texture, flat * luminance).clamp(max=noise_limit)
     chroma = chroma_ratio * torch.minimum(luma, luminance)
+    if len(detail_gain) > len(DETAIL_SIGMAS):
+        raise ValueError(f"at most {len(DETAIL_SIGMAS)} detail bands (scales {DETAIL_SIGMAS} px), got {len(detail_gain)}")
     detail = detail_layers(x, DETAIL_SIGMAS[: len(detail_gain)]) if detail_gain else None
     return PerceptualBounds(torch.stack([luma, chroma], dim=1), chroma_ratio, tuple(FaceRegion.of(f) for f in faces),
                             noise_everywhere, flow_fraction, detail=detail, detail_gain=tuple(detail_gain), detail_boost=detail_boost,

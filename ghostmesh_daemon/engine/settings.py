@@ -55,10 +55,11 @@ class EngineSettings:
     blotch_sigma: float = 2.0
     #: Noise basis: 0 = free pixels under the JND bound; > 0 = the noise only re-weights the
     #: original's own luma detail (``detail_bands`` bands, finest first), each band's contrast by at
-    #: most this fraction, with gains that vary over ``detail_smooth`` photo pixels (a local retouch).
+    #: most this fraction, with gains that vary no faster than ``detail_smooth`` times each band's own
+    #: scale (a local retouch: a gain that varies faster than its band draws new texture).
     detail_gain: float = 0.0
     detail_bands: int = 4
-    detail_smooth: float = 3.0
+    detail_smooth: float = 1.5
     #: Largest relative increase of a detail band (< 0: the same as ``detail_gain``).
     detail_boost: float = -1.0
     #: Share of the per-pixel noise bound also given to free pixel noise in the detail basis.

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .eot import gaussian_blur
 from .geometry import check_image, downscale
-from .perception import PerceptualBounds, ycc_to_rgb
+from .perception import DETAIL_SIGMAS, PerceptualBounds, ycc_to_rgb
 from .scene import ViewGeometry
 
 
@@ -49,7 +49,7 @@ class Bounds:
     mode: str = "tanh"  # or "pgd"
     feather: float = 0.25  # fraction of a face view's half-size over which its noise fades out
     grain: float = 0.0  # sigma (photo pixels) of the high-pass that keeps the noise grain-like; 0 = off
-    detail_smooth: float = 3.0  # sigma (photo pixels) of the low-pass on the detail gains (detail basis)
+    detail_smooth: float = 1.5  # low-pass on each detail band's gains, in multiples of that band's own sigma
 
     def __post_init__(self) -> None:
         if self.mode not in ("tanh", "pgd"):
@@ -259,8 +259,9 @@ class Perturbation(nn.Module):
         free = None
         if share > 0:  # free pixel noise on top, within a share of the bound (stealth's, for panic's 3 JNDs)
             free, raw = share * bound * self.bounded(raw[:, :3], view_scale), raw[:, 3:]
-        if self.bounds.detail_smooth > 0:
-            raw = gaussian_blur(raw, self.bounds.detail_smooth * view_scale)
+        if self.bounds.detail_smooth > 0:  # a gain varying faster than its band would draw new texture
+            raw = torch.cat([gaussian_blur(raw[:, k:k + 1], self.bounds.detail_smooth * sigma * view_scale)
+                             for k, sigma in enumerate(DETAIL_SIGMAS[:raw.shape[1]])], dim=1)
         t = torch.tanh(raw) if self.bounds.mode == "tanh" else raw.clamp(-1, 1)
         gains = torch.tensor(self.shape.detail_gain, device=raw.device, dtype=raw.dtype).reshape(1, -1, 1, 1)
         boost = self.shape.detail_boost
@@ -310,7 +311,7 @@ class Perturbation(nn.Module):
         full = ViewGeometry(box=(0, 0, W, H), size=(H, W))
         out = torch.empty_like(x)
         max_flow_px = max((f.side_px * self.shape.flow_fraction for f in self.shape.faces), default=0.0)
-        smooth = self.bounds.detail_smooth if self.shape.detail is not None else 0.0
+        smooth = self.bounds.detail_smooth * DETAIL_SIGMAS[len(self.shape.detail_gain) - 1] if self.shape.detail is not None else 0.0
         pad = math.ceil(max_flow_px) + 2 + math.ceil(3 * self.bounds.grain) + math.ceil(3 * smooth)
         max_delta = 0.0
         max_flow = 0.0
