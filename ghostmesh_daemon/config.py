@@ -202,6 +202,10 @@ KEYS: tuple[Key, ...] = (
                 "How the face models share each step: \"sum\" (as weighted), \"gradnorm\" (each model's push scaled\n"
                 "to the same size) or \"shortfall\" (that size times how far the model still is from its goal)",
                 _choice(*BALANCES)),
+    _preset_key("detail_gain",
+                "0 = the cloak is free noise within the per-pixel bound; above 0 it only makes the photo's own detail\n"
+                "locally weaker (by at most this fraction) or stronger (a local retouch: it cannot draw texture on smooth skin)",
+                _number(0, 1)),
     _preset_key("lpips_budget", "Perceptual budget (LPIPS) for the whole photo, at its own resolution", _fraction),
     _preset_key("face_lpips_budget", "Perceptual budget (LPIPS) for each face, at its own resolution", _fraction),
     Key("engine", "siglip_model", "google/siglip-base-patch16-384",

@@ -25,6 +25,7 @@ ENGINE_OPTION_FIELDS = (
     "lpips_budget",
     "align_samples",
     "balance",
+    "detail_gain",
     "device",
     "seed",
 )
@@ -74,6 +75,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value:g}")
+    return value
+
+
 def _device(text: str) -> str:
     base = text.split(":", 1)[0]
     if base not in DEVICES:
@@ -109,6 +120,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--balance", choices=BALANCES,
                    help="how the face models share each step: sum, gradnorm (equal pushes) or shortfall (pushes by "
                         f"how far each model still is from its goal) (default: {_preset_default('balance')})")
+    g.add_argument("--detail-gain", type=_share, metavar="F",
+                   help="0: the cloak is free noise; above 0 it only re-weights the photo's own detail, lowering its "
+                        f"contrast by at most this fraction (a local retouch) (default: {_preset_default('detail_gain')})")
     g.add_argument("--device", type=_device, metavar="DEV", help="auto, cpu, cuda[:N] or mps (default: auto)")
     g.add_argument("--seed", type=int, metavar="N", help="random seed (default: 0)")
 

@@ -99,9 +99,8 @@ def make_perturbation(x: Tensor, faces: Sequence[Face], settings: EngineSettings
                     detail_smooth=settings.detail_smooth)
     shape = shape_for(x, list(faces), noise_limit=settings.noise_limit, jnd_scale=settings.jnd_scale,
                       chroma_ratio=settings.chroma_ratio, flow_fraction=settings.flow_limit, noise_everywhere=need_detail,
-                      flat=settings.jnd_flat, detail_gain=(settings.detail_gain,) * settings.detail_bands if settings.detail_gain else (),
-                      detail_boost=settings.detail_boost if settings.detail_boost >= 0 else None,
-                      detail_pixels=settings.detail_pixels)
+                      flat=settings.jnd_flat, detail_bands=settings.detail_bands if settings.detail_gain else 0,
+                      detail_gain=settings.detail_gain, detail_boost=settings.detail_boost, detail_pixels=settings.detail_pixels)
     return Perturbation(tuple(x.shape[-2:]), whole, face_geoms, bounds, shape, settings.flow_grid,
                         whole_noise=need_detail).to(x.device)
 

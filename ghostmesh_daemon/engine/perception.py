@@ -144,11 +144,12 @@ class PerceptualBounds:
     #: The original's own luma detail, one band-pass layer per scale, (1, K, H, W), when the noise is
     #: a local re-weighting of that detail (``noise_basis`` "detail") instead of free pixels.
     detail: Tensor | None = None
-    #: The largest relative change of each detail band (0.5: that band's contrast from x0.5 to x1.5).
-    detail_gain: tuple[float, ...] = ()
-    #: The largest relative increase of any band, when it differs from the decrease (None: the same).
-    detail_boost: float | None = None
-    #: Share of the per-pixel bound left to free noise on top of the detail re-weighting (0: none).
+    #: The largest relative decrease and increase of each detail band's contrast (0.8 and 0.3: from
+    #: x0.2 to x1.3): raising fine detail is what ages skin, so the increase is kept smaller.
+    detail_gain: float = 0.0
+    detail_boost: float = 0.0
+    #: Luma grain on top of the detail re-weighting, at this share of the JND's texture term alone
+    #: (hair, brows, lashes and edges mask it; smooth skin gets none): 0 for none.
     detail_pixels: float = 0.0
 
     @property
@@ -178,8 +179,9 @@ class PerceptualBounds:
         return out.to(coords.dtype)[:, None]
 
     def channel_bounds(self, jnd: Tensor) -> Tensor:
-        """(1, 2, h, w) luma and chroma bounds -> (1, 3, h, w) bounds for (Y, Cb, Cr)."""
-        return torch.cat([jnd[:, :1], jnd[:, 1:2], jnd[:, 1:2]], dim=1)
+        """(1, 2, h, w) luma and chroma bounds -> (1, 3, h, w) bounds for (Y, Cb, Cr); a third plane
+        (the texture-masked grain's bound, detail basis) is passed on as a fourth channel."""
+        return torch.cat([jnd[:, :1], jnd[:, 1:2], jnd[:, 1:2], jnd[:, 2:]], dim=1)
 
 
 #: Scales (Gaussian sigma, photo pixels) that split the luma into detail bands: fine grain and pores,
@@ -203,18 +205,19 @@ def detail_layers(x: Tensor, sigmas: tuple[float, ...] = DETAIL_SIGMAS) -> Tenso
 
 def shape_for(x: Tensor, faces: list[Face] | tuple[Face, ...], *, noise_limit: float, jnd_scale: float,
               chroma_ratio: float, flow_fraction: float, noise_everywhere: bool, flat: float = 1.0,
-              detail_gain: tuple[float, ...] = (), detail_boost: float | None = None,
+              detail_bands: int = 0, detail_gain: float = 0.0, detail_boost: float = 0.0,
               detail_pixels: float = 0.0) -> PerceptualBounds:
     """The per-pixel bounds for photo ``x``: its JND scaled by ``jnd_scale`` and capped at ``noise_limit``
-    (with ``detail_gain``, one gain per band of :data:`DETAIL_SIGMAS`, also its detail layers)."""
+    (with ``detail_bands``, also its first that many detail layers of :data:`DETAIL_SIGMAS`)."""
     texture, luminance = (jnd_terms(x) * jnd_scale).unbind(1)
     luma = torch.maximum(texture, flat * luminance).clamp(max=noise_limit)
     chroma = chroma_ratio * torch.minimum(luma, luminance)
-    if len(detail_gain) > len(DETAIL_SIGMAS):
-        raise ValueError(f"at most {len(DETAIL_SIGMAS)} detail bands (scales {DETAIL_SIGMAS} px), got {len(detail_gain)}")
-    detail = detail_layers(x, DETAIL_SIGMAS[: len(detail_gain)]) if detail_gain else None
-    return PerceptualBounds(torch.stack([luma, chroma], dim=1), chroma_ratio, tuple(FaceRegion.of(f) for f in faces),
-                            noise_everywhere, flow_fraction, detail=detail, detail_gain=tuple(detail_gain), detail_boost=detail_boost,
+    if not 0 <= detail_bands <= len(DETAIL_SIGMAS):
+        raise ValueError(f"0 to {len(DETAIL_SIGMAS)} detail bands (scales {DETAIL_SIGMAS} px), got {detail_bands}")
+    detail = detail_layers(x, DETAIL_SIGMAS[:detail_bands]) if detail_bands else None
+    planes = [luma, chroma] + ([texture.clamp(0, noise_limit)] if detail is not None and detail_pixels > 0 else [])
+    return PerceptualBounds(torch.stack(planes, dim=1), chroma_ratio, tuple(FaceRegion.of(f) for f in faces),
+                            noise_everywhere, flow_fraction, detail=detail, detail_gain=detail_gain, detail_boost=detail_boost,
                             detail_pixels=detail_pixels)
 
 

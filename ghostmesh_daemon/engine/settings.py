@@ -54,15 +54,17 @@ class EngineSettings:
     blotch_weight: float = 0.0
     blotch_sigma: float = 2.0
     #: Noise basis: 0 = free pixels under the JND bound; > 0 = the noise only re-weights the
-    #: original's own luma detail (``detail_bands`` bands, finest first), each band's contrast by at
-    #: most this fraction, with gains that vary no faster than ``detail_smooth`` times each band's own
-    #: scale (a local retouch: a gain that varies faster than its band draws new texture).
+    #: original's own luma detail (``detail_bands`` bands, finest first), each band's contrast lowered
+    #: by at most this fraction and raised by at most ``detail_boost``, with gains that vary no faster
+    #: than ``detail_smooth`` times each band's own scale (a local retouch: a gain that varies faster
+    #: than its band draws new texture). Free noise drew bands and mottling on smooth skin; this
+    #: cannot draw texture where the photo has none. Still within the JND bound.
     detail_gain: float = 0.0
     detail_bands: int = 4
     detail_smooth: float = 1.5
-    #: Largest relative increase of a detail band (< 0: the same as ``detail_gain``).
-    detail_boost: float = -1.0
-    #: Share of the per-pixel noise bound also given to free pixel noise in the detail basis.
+    #: Largest relative increase of a detail band (raised fine detail reads as aged skin).
+    detail_boost: float = 0.3
+    #: Detail basis: luma grain on top, at this share of the JND's texture term (none on smooth skin).
     detail_pixels: float = 0.0
     lpips_budget: float = 0.05
     face_lpips_budget: float = 0.03
@@ -148,9 +150,11 @@ class EngineSettings:
 #: threshold either way, so it keeps the plain sum.
 PRESETS: dict[str, dict] = {
     "stealth": {"noise_limit": 0.03, "jnd_scale": 1.0, "jnd_flat": 0.5, "chroma_ratio": 0.25, "flow_limit": 0.006,
-                "vertical_weight": 30.0, "face_lpips_budget": 0.03, "steps": 120, "align_samples": 0, "balance": "sum"},
+                "vertical_weight": 30.0, "face_lpips_budget": 0.03, "steps": 120, "align_samples": 0, "balance": "sum",
+                "detail_gain": 0.0},
     "panic": {"noise_limit": 0.05, "jnd_scale": 3.0, "jnd_flat": 0.5, "chroma_ratio": 0.25, "flow_limit": 0.015,
-              "vertical_weight": 30.0, "face_lpips_budget": 0.06, "steps": 300, "align_samples": 2, "balance": "shortfall"},
+              "vertical_weight": 30.0, "face_lpips_budget": 0.06, "steps": 300, "align_samples": 2, "balance": "shortfall",
+              "detail_gain": 0.0},
 }
 
 

@@ -119,7 +119,7 @@ class Perturbation(nn.Module):
         if shape.detail is None:
             channels = 3
         else:
-            channels = len(shape.detail_gain) + (3 if shape.detail_pixels > 0 else 0)
+            channels = shape.detail.shape[1] + (1 if shape.detail_pixels > 0 else 0)
         self.channels = channels
         # Without an image-level target nothing asks for noise outside the faces: the whole-photo
         # noise is then left out (an empty parameter) rather than optimized towards zero.
@@ -251,28 +251,25 @@ class Perturbation(nn.Module):
         change is ``B * tanh(sum_k g_k t_k D_k / B)`` (``B``: the luma bound). The cloak can then only
         make existing detail locally stronger or weaker, the way a retouch's clarity or smoothing
         does; it cannot draw texture where the photo has none (the bands and mottling of free noise
-        on smooth skin). The outer tanh keeps the per-pixel JND bound exact; chroma is left alone.
+        on smooth skin). With ``detail_pixels`` a luma grain is added inside the outer tanh, bounded by
+        a share of the JND's texture term alone (hair, brows, lashes, edges; nothing on smooth skin).
+        The outer tanh keeps the per-pixel JND bound exact; chroma is left alone.
         """
         if detail is None:
             return bound * self.bounded(raw, view_scale)
         share = self.shape.detail_pixels
         free = None
-        if share > 0:  # free pixel noise on top, within a share of the bound (stealth's, for panic's 3 JNDs)
-            free, raw = share * bound * self.bounded(raw[:, :3], view_scale), raw[:, 3:]
+        if share > 0:  # luma grain on top, where the photo's own texture masks it
+            free, raw = share * bound[:, 3:4] * self.bounded(raw[:, :1], view_scale), raw[:, 1:]
         if self.bounds.detail_smooth > 0:  # a gain varying faster than its band would draw new texture
             raw = torch.cat([gaussian_blur(raw[:, k:k + 1], self.bounds.detail_smooth * sigma * view_scale)
                              for k, sigma in enumerate(DETAIL_SIGMAS[:raw.shape[1]])], dim=1)
         t = torch.tanh(raw) if self.bounds.mode == "tanh" else raw.clamp(-1, 1)
-        gains = torch.tensor(self.shape.detail_gain, device=raw.device, dtype=raw.dtype).reshape(1, -1, 1, 1)
-        boost = self.shape.detail_boost
-        scaled = gains * t if boost is None else torch.where(t < 0, gains * t, boost * t)
+        scaled = torch.where(t < 0, self.shape.detail_gain * t, self.shape.detail_boost * t)
         u = (scaled * detail).sum(1, keepdim=True)
         luma = bound[:, :1]
-        if free is None:
-            y = luma * torch.tanh(u / (luma + 1e-6))
-            return torch.cat([y, torch.zeros_like(y), torch.zeros_like(y)], dim=1)
-        y = luma * torch.tanh((u + free[:, :1]) / (luma + 1e-6))
-        return torch.cat([y, free[:, 1:]], dim=1)
+        y = luma * torch.tanh((u if free is None else u + free) / (luma + 1e-6))
+        return torch.cat([y, torch.zeros_like(y), torch.zeros_like(y)], dim=1)
 
     def blotchiness(self, clean_views: list[Tensor], sigma: float) -> Tensor:
         """Mean square of the noise's coarse part (Gaussian blur of ``sigma`` photo pixels) over the
@@ -311,7 +308,7 @@ class Perturbation(nn.Module):
         full = ViewGeometry(box=(0, 0, W, H), size=(H, W))
         out = torch.empty_like(x)
         max_flow_px = max((f.side_px * self.shape.flow_fraction for f in self.shape.faces), default=0.0)
-        smooth = self.bounds.detail_smooth * DETAIL_SIGMAS[len(self.shape.detail_gain) - 1] if self.shape.detail is not None else 0.0
+        smooth = self.bounds.detail_smooth * DETAIL_SIGMAS[self.shape.detail.shape[1] - 1] if self.shape.detail is not None else 0.0
         pad = math.ceil(max_flow_px) + 2 + math.ceil(3 * self.bounds.grain) + math.ceil(3 * smooth)
         max_delta = 0.0
         max_flow = 0.0
