@@ -4,7 +4,7 @@ models' own forward+backward time on the same inputs, and peak memory.
 Each configuration runs in a fresh subprocess so its peak resident memory is its own.
 
     python -m benchmarks.speed [--sizes 1,3,12,24] [--steps 12] [--sets face,face+mobileface,face+siglip]
-                               [--balance sum|gradnorm|shortfall]
+                               [--balance sum|gradnorm|shortfall] [--detail-gain F]
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def _models_time(ev, targets, lpips) -> dict[str, float]:
     return out
 
 
-def run_one(megapixels: float, target_set: str, steps: int, jpeg: bool = True, balance: str = "sum") -> dict:
+def run_one(megapixels: float, target_set: str, steps: int, jpeg: bool = True, balance: str = "sum",
+            detail_gain: float = 0.0) -> dict:
     """One configuration, in this process: protect the scaled photo for exactly ``steps`` steps."""
     import torch
 
@@ -98,7 +99,7 @@ def run_one(megapixels: float, target_set: str, steps: int, jpeg: bool = True, b
     detect_s = time.perf_counter() - t0
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
     row = measure_steps(x, faces, targets, lpips, steps, codec=jpeg_encoding_of(FACES / "obama" / "obama.jpg")[2] if jpeg else None,
-                        balance=balance)
+                        balance=balance, detail_gain=detail_gain)
     return {**row, "targets": target_set, "detect_seconds": round(detect_s, 2),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)}
 
@@ -124,15 +125,16 @@ def build_targets(target_set: str, device, goal: float | None = None) -> list:
     return targets
 
 
-def measure_steps(x, faces, targets, lpips, steps: int, codec=None, balance: str = "sum") -> dict:
+def measure_steps(x, faces, targets, lpips, steps: int, codec=None, balance: str = "sum", detail_gain: float = 0.0) -> dict:
     """Protect ``x`` for ``steps`` stealth steps (``codec``: the JPEG it is judged as; ``balance``: how
-    the targets' pushes combine) and time each model's own forward+backward on the same inputs (on
+    the targets' pushes combine; ``detail_gain`` > 0: the detail basis) and time each model's own forward+backward on the same inputs (on
     whatever device ``x`` and the models are on)."""
     from ghostmesh_daemon.engine import settings_for
     from ghostmesh_daemon.engine.optimize import Evaluator, plan_views, protect_image
     from ghostmesh_daemon.engine.synthesis import clean_view
 
-    settings = settings_for("stealth", steps=steps, face_goal=99.0, image_goal=99.0, balance=balance)  # never stops early
+    settings = settings_for("stealth", steps=steps, face_goal=99.0, image_goal=99.0, balance=balance,  # never stops early
+                            detail_gain=detail_gain)
     t0 = time.perf_counter()
     out = protect_image(x, faces, targets, lpips, settings, codec=codec)
     total = time.perf_counter() - t0
@@ -161,16 +163,19 @@ def main() -> None:
     p.add_argument("--no-jpeg", action="store_true", help="time steps without judging the JPEG the photo is written as")
     p.add_argument("--balance", default="sum", choices=BALANCES,
                    help="how the targets' pushes combine (panic shares them by shortfall)")
+    p.add_argument("--detail-gain", type=float, default=0.0, help="> 0: time the detail basis (engine.detail_gain)")
     args = p.parse_args()
     if args.one:
-        print(json.dumps(run_one(float(args.one[0]), args.one[1], args.steps, jpeg=not args.no_jpeg, balance=args.balance)))
+        print(json.dumps(run_one(float(args.one[0]), args.one[1], args.steps, jpeg=not args.no_jpeg, balance=args.balance,
+                                        detail_gain=args.detail_gain)))
         return
     rows = []
     configs = [(float(mp), "face") for mp in args.sizes.split(",")]
     configs += [(1.0, s) for s in args.sets.split(",") if s != "face"]
     for mp, target_set in configs:
         cmd = [sys.executable, "-m", "benchmarks.speed", "--one", str(mp), target_set, "--steps", str(args.steps),
-               *(["--no-jpeg"] if args.no_jpeg else []), "--balance", args.balance]
+               *(["--no-jpeg"] if args.no_jpeg else []), "--balance", args.balance,
+               "--detail-gain", str(args.detail_gain)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             print(res.stderr[-2000:], file=sys.stderr)
@@ -178,11 +183,13 @@ def main() -> None:
             continue
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    data = {"machine": machine(), "revision": git_rev(), "steps": args.steps, "balance": args.balance, "runs": rows}
+    data = {"machine": machine(), "revision": git_rev(), "steps": args.steps, "balance": args.balance,
+            "detail_gain": args.detail_gain, "runs": rows}
     md = [f"# Speed ({args.name})", "", f"Machine: {data['machine']}. Revision {data['revision']}. "
           f"{args.steps} optimizer steps per run (early stop disabled); a real face photo scaled to each size"
           f"{'' if args.no_jpeg else ', judged as the JPEG it is written as (its own tables)'}; targets' pushes "
-          f"combined by {args.balance}.", "",
+          f"combined by {args.balance}"
+          f"{f'; the noise as a re-weighting of the photo detail (detail_gain {args.detail_gain:g})' if args.detail_gain else ''}.", "",
           "Per step: mean optimizer step; models: each model's own forward+backward on that step's inputs, summed; "
           "ratio = step / models. Peak RSS: the whole process (libraries and models included).", "",
           md_table(["MP", "targets", "faces", "s/step", "models s", "ratio", "optimize s", "peak RSS GB"],
