@@ -142,7 +142,7 @@ class PerceptualBounds:
     noise_disc: tuple[float, float] = (0.8, 1.05)
     flow_disc: tuple[float, float] = (0.45, 0.8)
     #: The original's own luma detail, one band-pass layer per scale, (1, K, H, W), when the noise is
-    #: a local re-weighting of that detail (``noise_basis`` "detail") instead of free pixels.
+    #: a local re-weighting of that detail (the detail basis, ``detail_gain`` > 0) instead of free pixels.
     detail: Tensor | None = None
     #: The largest relative decrease and increase of each detail band's contrast (0.8 and 0.3: from
     #: x0.2 to x1.3): raising fine detail is what ages skin, so the increase is kept smaller.

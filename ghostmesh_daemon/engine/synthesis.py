@@ -115,7 +115,7 @@ class Perturbation(nn.Module):
         gh, gw = (flow_grid, max(2, round(flow_grid * W / H))) if H >= W else (max(2, round(flow_grid * H / W)), flow_grid)
         self.flow = nn.Parameter(torch.zeros(1, 2, gh, gw))
         self.views = [whole, *face_views]
-        # free noise: Y, Cb, Cr; detail basis: one gain per band (after Y, Cb, Cr when free noise is kept too)
+        # free noise: Y, Cb, Cr; detail basis: one gain per band, after the luma grain's channel when it has one
         if shape.detail is None:
             channels = 3
         else:
