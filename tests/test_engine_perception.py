@@ -4,10 +4,12 @@ edge, and every decision is measured at the photo's own resolution."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from ghostmesh_daemon.engine.eot import gaussian_blur
+from ghostmesh_daemon.engine.eot import gaussian_blur, gaussian_blur_channels
 from ghostmesh_daemon.engine.perception import (DETAIL_SIGMAS, PerceptualBounds, detail_layers, jnd_map, jnd_terms,
                                                 rgb_to_ycc, shape_for, uniform_bounds, ycc_to_rgb)
 from ghostmesh_daemon.engine.scene import Face, ViewGeometry
@@ -252,3 +254,20 @@ def test_detail_basis_view_matches_the_full_render(photo):
         view = p.render_views([clean_view(photo, v) for v in p.views])[1].clamp(0, 1)
     x0, y0, x1, y1 = FACE_VIEW.box
     assert torch.allclose(view[..., 10:-10, 10:-10], out[..., y0 + 10:y1 - 10, x0 + 10:x1 - 10], atol=2e-5)
+
+
+def test_per_channel_fft_blur_is_a_gaussian_with_replicated_edges():
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(1, 2, 40, 50, generator=g)
+    sigmas = (1.5, 6.0)
+    out = gaussian_blur_channels(x, sigmas)
+    for c, sigma in enumerate(sigmas):  # against a direct convolution 6 sigma wide
+        r = math.ceil(6 * sigma)
+        k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float64) ** 2 / (2 * sigma**2))
+        k = (k / k.sum()).float()
+        ref = torch.nn.functional.pad(x[:, c:c + 1], (r, r, r, r), mode="replicate")
+        ref = torch.nn.functional.conv2d(ref, k.reshape(1, 1, 1, -1))
+        ref = torch.nn.functional.conv2d(ref, k.reshape(1, 1, -1, 1))
+        assert torch.allclose(out[:, c:c + 1], ref, atol=1e-4)
+    flat = torch.full((1, 1, 30, 30), 0.7)
+    assert torch.allclose(gaussian_blur_channels(flat, (8.0,)), flat, atol=1e-5)

@@ -149,6 +149,23 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.transpose(-1, -2), groups=x.shape[1])
 
 
+def gaussian_blur_channels(x: Tensor, sigmas: list[float] | tuple[float, ...]) -> Tensor:
+    """Each channel of ``x`` (B, C, H, W) blurred by its own Gaussian ``sigmas[c]`` (pixels), edges
+    replicated. By FFT, so a 12 px blur costs what a 1 px one does: separable convolutions of
+    that width made the detail basis's step 1.6x its models' time. Replicate padding of 4 sigma keeps
+    the circular wrap-around below 1e-4 of a value."""
+    r = max(1, math.ceil(4 * max(sigmas)))
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (r, r, r, r), mode="replicate")
+    H, W = padded.shape[-2:]
+    fy = torch.fft.fftfreq(H, device=x.device, dtype=x.dtype)[:, None]
+    fx = torch.fft.rfftfreq(W, device=x.device, dtype=x.dtype)[None, :]
+    var = torch.tensor(sigmas, device=x.device, dtype=x.dtype).reshape(1, -1, 1, 1) ** 2
+    transfer = torch.exp(-2 * math.pi**2 * var * (fy**2 + fx**2))
+    out = torch.fft.irfft2(torch.fft.rfft2(padded) * transfer, s=(H, W))
+    return out[..., r:r + h, r:r + w]
+
+
 @dataclass(frozen=True)
 class UploadDraw:
     """One random draw of an upload's transformations (shared by every view of one sample)."""

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .eot import gaussian_blur
+from .eot import gaussian_blur, gaussian_blur_channels
 from .geometry import check_image, downscale
 from .perception import DETAIL_SIGMAS, PerceptualBounds, ycc_to_rgb
 from .scene import ViewGeometry
@@ -262,8 +262,7 @@ class Perturbation(nn.Module):
         if share > 0:  # luma grain on top, where the photo's own texture masks it
             free, raw = share * bound[:, 3:4] * self.bounded(raw[:, :1], view_scale), raw[:, 1:]
         if self.bounds.detail_smooth > 0:  # a gain varying faster than its band would draw new texture
-            raw = torch.cat([gaussian_blur(raw[:, k:k + 1], self.bounds.detail_smooth * sigma * view_scale)
-                             for k, sigma in enumerate(DETAIL_SIGMAS[:raw.shape[1]])], dim=1)
+            raw = gaussian_blur_channels(raw, [self.bounds.detail_smooth * s * view_scale for s in DETAIL_SIGMAS[:raw.shape[1]]])
         t = torch.tanh(raw) if self.bounds.mode == "tanh" else raw.clamp(-1, 1)
         scaled = torch.where(t < 0, self.shape.detail_gain * t, self.shape.detail_boost * t)
         u = (scaled * detail).sum(1, keepdim=True)
@@ -309,7 +308,7 @@ class Perturbation(nn.Module):
         out = torch.empty_like(x)
         max_flow_px = max((f.side_px * self.shape.flow_fraction for f in self.shape.faces), default=0.0)
         smooth = self.bounds.detail_smooth * DETAIL_SIGMAS[self.shape.detail.shape[1] - 1] if self.shape.detail is not None else 0.0
-        pad = math.ceil(max_flow_px) + 2 + math.ceil(3 * self.bounds.grain) + math.ceil(3 * smooth)
+        pad = math.ceil(max_flow_px) + 2 + math.ceil(3 * self.bounds.grain) + math.ceil(4 * smooth)
         max_delta = 0.0
         max_flow = 0.0
         jnd_full = self.shape.jnd.to(device=x.device, dtype=x.dtype)
