@@ -17,13 +17,14 @@ FACE = Face(box=(35.0, 25.0, 85.0, 75.0), landmarks=torch.zeros(5, 2),
             chip_to_image=torch.tensor([[60 / 149, 0.0, 30.0], [0.0, 60 / 149, 20.0]]))
 
 
-def make(mode: str = "tanh", flow_limit: float = 0.03, faces: bool = True, whole_noise: bool = True) -> Perturbation:
+def make(mode: str = "tanh", flow_limit: float = 0.03, faces: bool = True, whole_noise: bool = True,
+         grain: float = 0.0) -> Perturbation:
     whole = ViewGeometry(box=(0, 0, W, H), size=(48, 64))
     face_views = [ViewGeometry(box=(30, 20, 90, 80), size=(60, 60))] if faces else []
     shape = uniform_bounds((H, W), [FACE] if faces else [], limit=0.05, chroma_ratio=0.5, flow_fraction=flow_limit,
                            noise_everywhere=whole_noise)
-    return Perturbation((H, W), whole, face_views, Bounds(noise_limit=0.05, flow_limit=flow_limit, mode=mode), shape,
-                        flow_grid=8, whole_noise=whole_noise)
+    return Perturbation((H, W), whole, face_views, Bounds(noise_limit=0.05, flow_limit=flow_limit, mode=mode, grain=grain),
+                        shape, flow_grid=8, whole_noise=whole_noise)
 
 
 @pytest.fixture
@@ -38,9 +39,10 @@ def _push_past_bounds(p: Perturbation, value: float = 50.0) -> None:
             t.copy_(torch.randn_like(t).sign() * value)
 
 
+@pytest.mark.parametrize("grain", [0.0, 1.0])  # the grain's high-pass can take a projected field past [-1, 1]
 @pytest.mark.parametrize("mode", ["tanh", "pgd"])
-def test_bounds_hold_exactly_in_the_full_render(mode, image):
-    p = make(mode)
+def test_bounds_hold_exactly_in_the_full_render(mode, grain, image):
+    p = make(mode, grain=grain)
     _push_past_bounds(p)
     if mode == "pgd":
         p.project([clean_view(image, g) for g in p.views])

@@ -185,7 +185,8 @@ class Perturbation(nn.Module):
         return raw
 
     def noise_bound_at(self, coords: Tensor, jnd: Tensor) -> Tensor:
-        """(1, 3, h, w) per-pixel bounds of (Y, Cb, Cr) at ``coords``, given the JND sampled there."""
+        """(1, 3, h, w) per-pixel bounds of (Y, Cb, Cr) at ``coords``, given the JND sampled there (and the
+        detail basis's grain bound as a fourth channel when it has one)."""
         return self.shape.channel_bounds(jnd) * self.shape.noise_mask_at(coords)
 
     # --- rendering ------------------------------------------------------------------------------
@@ -243,7 +244,8 @@ class Perturbation(nn.Module):
             raw = raw + (self.noise[index] if plan.window is None else self.noise[index] * plan.window)
         return self.to_ycc(raw, plan.bound, plan.detail, self.views[index].scale[1]) if raw.ndim else None
 
-    def to_ycc(self, raw: Tensor, bound: Tensor, detail: Tensor | None, view_scale: float = 1.0) -> Tensor:
+    def to_ycc(self, raw: Tensor, bound: Tensor, detail: Tensor | None, view_scale: float = 1.0,
+               written: bool = False) -> Tensor:
         """The raw parameters' sum at some pixels -> (1, 3, h, w) luma/chroma changes within ``bound``.
 
         Free pixels: ``bound * tanh(raw)``. Detail basis: each raw channel, low-passed so that it
@@ -254,16 +256,26 @@ class Perturbation(nn.Module):
         on smooth skin). With ``detail_pixels`` a luma grain is added inside the outer tanh, bounded by
         a share of the JND's texture term alone (hair, brows, lashes, edges; nothing on smooth skin).
         The outer tanh keeps the per-pixel JND bound exact; chroma is left alone.
+
+        ``written``: the render that is written. In PGD mode each fraction of its bound is then clamped
+        into [-1, 1] *after* the grain high-pass and the gains' low-pass (filtering a projected field
+        can leave [-1, 1]); the optimizer's views are never clamped (a clamp kills the gradient).
         """
+        def fraction(r: Tensor) -> Tensor:
+            f = self.bounded(r, view_scale)
+            return f.clamp(-1, 1) if written and self.bounds.mode == "pgd" else f
+
         if detail is None:
-            return bound * self.bounded(raw, view_scale)
+            return bound * fraction(raw)
         share = self.shape.detail_pixels
         free = None
         if share > 0:  # luma grain on top, where the photo's own texture masks it
-            free, raw = share * bound[:, 3:4] * self.bounded(raw[:, :1], view_scale), raw[:, 1:]
+            free, raw = share * bound[:, 3:4] * fraction(raw[:, :1]), raw[:, 1:]
         if self.bounds.detail_smooth > 0:  # a gain varying faster than its band would draw new texture
             raw = gaussian_blur_channels(raw, [self.bounds.detail_smooth * s * view_scale for s in DETAIL_SIGMAS[:raw.shape[1]]])
-        t = torch.tanh(raw) if self.bounds.mode == "tanh" else raw.clamp(-1, 1)
+        t = torch.tanh(raw) if self.bounds.mode == "tanh" else raw
+        if written and self.bounds.mode == "pgd":
+            t = t.clamp(-1, 1)
         scaled = torch.where(t < 0, self.shape.detail_gain * t, self.shape.detail_boost * t)
         u = (scaled * detail).sum(1, keepdim=True)
         luma = bound[:, :1]
@@ -318,11 +330,10 @@ class Perturbation(nn.Module):
             i0, i1 = max(0, r0 - pad), min(H, r1 + pad)
             src_geom = ViewGeometry(box=(0, i0, W, i1), size=(i1 - i0, W))
             src_coords = view_coordinates(src_geom, self.image_hw, x.device, dtype=x.dtype)
-            raw = self.raw_noise_at(src_coords)
-            if self.bounds.mode == "pgd":
-                raw = raw.clamp(-1, 1)  # the bound is exact in the written photo whatever the projection left
             detail = None if self.shape.detail is None else self.shape.detail[..., i0:i1, :].to(x)
-            delta = ycc_to_rgb(self.to_ycc(raw, self.noise_bound_at(src_coords, jnd_full[..., i0:i1, :]), detail))
+            # written=True: in PGD mode the bound is exact in the written photo whatever the projection left
+            delta = ycc_to_rgb(self.to_ycc(self.raw_noise_at(src_coords), self.noise_bound_at(src_coords, jnd_full[..., i0:i1, :]),
+                                           detail, written=True))
             coords = view_coordinates(full, self.image_hw, x.device, rows=(r0, r1), dtype=x.dtype)
             flow = self.flow_at(coords, self.shape.flow_limit_at(coords), field)
             grid = to_view_normalized(coords + flow, src_geom, self.image_hw)
