@@ -65,24 +65,25 @@ def _whole_number(lo: int, hi: int | None = None) -> Callable[[str], int]:
 _positive_int = _whole_number(1)
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value:g}")
-    return value
+def _unit_number(closed: bool) -> Callable[[str], float]:
+    """An argparse type: a number between 0 and 1, the ends included when ``closed``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if closed and not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value:g}")
+        if not closed and not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value:g}")
+        return value
+
+    return parse
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value:g}")
-    return value
+_fraction = _unit_number(closed=False)
+_share = _unit_number(closed=True)
 
 
 def _device(text: str) -> str:
