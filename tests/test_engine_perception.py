@@ -186,7 +186,7 @@ def test_detail_basis_keeps_the_luma_bound_and_draws_nothing_on_flat_skin(mode, 
     mottling free noise drew on smooth skin), leaves colour alone, and never passes the JND bound."""
     shape = _detail_shape(half_flat)
     p = _perturbation(half_flat, mode, shape)
-    assert p.channels == 4
+    assert p.shape.noise_channels == 4 and p.noise[1].shape[1] == 4
     out, _ = p.render_full(half_flat, band=50)
     assert float((out - half_flat).abs().max()) < 1e-5  # zero gains: the original (up to grid_sample)
     with torch.no_grad():  # every band's contrast down by the most allowed (the gains are low-passed)
@@ -227,7 +227,7 @@ def test_detail_basis_decreases_and_increases_detail_by_their_own_limits(photo):
 def test_detail_basis_grain_lives_only_where_texture_masks_it(half_flat):
     shape = _detail_shape(half_flat, gain=0.01, boost=0.01, pixels=0.5)
     p = _perturbation(half_flat, "tanh", shape)
-    assert p.channels == 1 + 4
+    assert p.shape.noise_channels == 1 + 4 and p.noise[1].shape[1] == 1 + 4
     _push(p, 50.0)
     out, _ = p.render_full(half_flat, band=50)
     ycc = rgb_to_ycc(out - half_flat)

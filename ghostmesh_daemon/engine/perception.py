@@ -153,6 +153,14 @@ class PerceptualBounds:
     detail_pixels: float = 0.0
 
     @property
+    def noise_channels(self) -> int:
+        """Channels of the noise parameters: Y, Cb, Cr for free noise; for the detail basis one gain per
+        band, after the grain's channel when it has one."""
+        if self.detail is None:
+            return 3
+        return self.detail.shape[1] + (1 if self.detail_pixels > 0 else 0)
+
+    @property
     def image_hw(self) -> tuple[int, int]:
         return tuple(self.jnd.shape[-2:])
 

@@ -115,16 +115,10 @@ class Perturbation(nn.Module):
         gh, gw = (flow_grid, max(2, round(flow_grid * W / H))) if H >= W else (max(2, round(flow_grid * H / W)), flow_grid)
         self.flow = nn.Parameter(torch.zeros(1, 2, gh, gw))
         self.views = [whole, *face_views]
-        # free noise: Y, Cb, Cr; detail basis: one gain per band, after the luma grain's channel when it has one
-        if shape.detail is None:
-            channels = 3
-        else:
-            channels = shape.detail.shape[1] + (1 if shape.detail_pixels > 0 else 0)
-        self.channels = channels
         # Without an image-level target nothing asks for noise outside the faces: the whole-photo
         # noise is then left out (an empty parameter) rather than optimized towards zero.
         self.noise = nn.ParameterList(
-            [nn.Parameter(torch.zeros(1, channels, *v.size) if (i > 0 or whole_noise) else torch.zeros(0)) for i, v in enumerate(self.views)]
+            [nn.Parameter(torch.zeros(1, shape.noise_channels, *v.size) if (i > 0 or whole_noise) else torch.zeros(0)) for i, v in enumerate(self.views)]
         )
         self._plans: dict[tuple, _ViewPlan] = {}
 
@@ -168,7 +162,7 @@ class Perturbation(nn.Module):
                 term = term * feather_window(local, self.bounds.feather)
             total = term if total is None else total + term
         if total is None:
-            total = coords.new_zeros(1, self.channels, *coords.shape[1:3])
+            total = coords.new_zeros(1, self.shape.noise_channels, *coords.shape[1:3])
         return total
 
     def bounded(self, raw: Tensor, view_scale: float = 1.0) -> Tensor:
