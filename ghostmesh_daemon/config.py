@@ -46,10 +46,10 @@ def _number(lo: float | None = None, hi: float | None = None, *, integer: bool =
     return check
 
 
-def _fraction(v: Any) -> float:
+def _fraction(v: Any, zero: bool = False) -> float:
     v = _number()(v)
-    if not 0.0 < v < 1.0:
-        raise ValueError(f"must be a fraction between 0 and 1, got {v:g}")
+    if not ((0.0 <= v if zero else 0.0 < v) and v < 1.0):
+        raise ValueError(f"must be a {'number from 0 up to (not including) 1' if zero else 'fraction between 0 and 1'}, got {v:g}")
     return v
 
 
@@ -193,7 +193,8 @@ KEYS: tuple[Key, ...] = (
     Key("engine", "mode", "tanh", "How the noise is bounded: \"tanh\" or \"pgd\".", _choice("tanh", "pgd")),
     _preset_key("steps", "Optimizer steps per photo", _number(1, 100000, integer=True)),
     _preset_key("noise_limit", "Cap on the per-pixel luma change (the just-noticeable-difference bound is clamped to it), as a fraction of full scale", _fraction),
-    _preset_key("flow_limit", "Largest warp, as a fraction of each face's size", _fraction),
+    _preset_key("flow_limit", "Largest warp, as a fraction of each face's size (0: no warp)",
+                lambda v: _fraction(v, zero=True)),
     _preset_key("align_samples",
                 "Input diversity: each step also shows the face models each face re-aligned (scaled, turned,\n"
                 "shifted, mirrored) this many times at random; slower, transfers further",

@@ -40,10 +40,11 @@ def photos(tmp_path) -> Path:
 def test_protect_writes_copies_and_a_full_report(photos, tmp_path):
     before = {p.name: sha(p) for p in photos.iterdir()}
     report = tmp_path / "report.json"
-    # Two steps cannot protect a face (the copy is weak); --keep-weak writes it anyway so this test
-    # can check the report's fields and the metadata on a written copy.
+    # Six steps cannot protect a face (the copy is weak); --keep-weak writes it anyway so this test
+    # can check the report's fields and the metadata on a written copy. (Within stealth's bound the
+    # first few steps move no distance past the clean photo's, and the clean state would be kept.)
     code, out, err = run_cli("protect", str(photos / "face.jpg"), str(photos / "sky.jpg"), "--report", str(report),
-                             "--keep-weak", *FAST)
+                             "--keep-weak", *FAST, "--steps", "6")
     assert code == ExitStatus.ERROR, err  # a weak photo, even kept, is not a success
     assert {p.name: sha(p) for p in photos.iterdir() if p.name in before} == before  # originals untouched
     assert (photos / "face.ghost.jpg").exists() and not (photos / "sky.ghost.jpg").exists()
@@ -185,6 +186,8 @@ def test_in_place_weak_leaves_the_input_byte_identical(photos):
     (["protect", "x.jpg", "--preset", "loud"], "invalid choice"),
     (["protect", "x.jpg", "--steps", "0"], "at least 1"),
     (["protect", "x.jpg", "--noise-limit", "2"], "between 0 and 1"),
+    (["protect", "x.jpg", "--flow-limit", "1"], "up to (not including) 1"),
+    (["protect", "x.jpg", "--detail-gain", "1.5"], "from 0 to 1"),
     (["protect", "x.jpg", "--out-dir", "/nonexistent/dir"], "not an existing folder"),
     (["protect", "x.jpg", "--target-weights", "face"], "NAME=WEIGHT"),
     (["frobnicate"], "invalid choice"),

@@ -73,6 +73,8 @@ def test_engine_keys_map_to_engine_settings_with_the_preset_underneath():
     # a key the presets set has no default of its own: an unset key keeps the preset's value
     assert parse_config({})["engine.flow_limit"] is None
     assert parse_config({"engine": {"flow_limit": 0.5}}).engine_settings({"preset": "panic"}).flow_limit == 0.5
+    # 0 turns the warp off (a noise limit of 0 would be no cloak at all, and is refused above)
+    assert parse_config({"engine": {"flow_limit": 0}}).engine_settings({"preset": "panic"}).flow_limit == 0
 
 
 def test_weak_photo_keys():
@@ -91,6 +93,9 @@ def test_weak_photo_keys():
         ({"engine": {"steps": 2.5}}, "engine.steps", "whole number"),
         ({"engine": {"preset": "loud"}}, "engine.preset", "'stealth'"),
         ({"engine": {"noise_limit": 1.5}}, "engine.noise_limit", "between 0 and 1"),
+        ({"engine": {"noise_limit": 0}}, "engine.noise_limit", "between 0 and 1"),
+        ({"engine": {"flow_limit": 1}}, "engine.flow_limit", "up to (not including) 1"),
+        ({"engine": {"flow_limit": -0.01}}, "engine.flow_limit", "up to (not including) 1"),
         ({"engine": {"targets": []}}, "engine.targets", "at least one"),
         ({"engine": {"device": "tpu"}}, "engine.device", "cuda"),
         ({"engine": {"stepz": 3}}, "engine.stepz", "unknown key"),
@@ -160,6 +165,10 @@ def test_engine_options_are_shared_with_the_command_line():
     assert engine_settings_from_args(parser.parse_args([])).steps == PRESETS["stealth"]["steps"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--noise-limit", "2"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--noise-limit", "0"])
+    assert parser.parse_args(["--flow-limit", "0"]).flow_limit == 0.0
+    assert parser.parse_args(["--detail-gain", "1"]).detail_gain == 1.0
     with pytest.raises(UsageError):
         engine_settings_from_args(argparse.Namespace(preset=None), base={"preset": "loud"})
 

@@ -119,6 +119,23 @@ def test_full_resolution_face_view_matches_the_full_render(image):
     assert torch.allclose(view[inner], crop[inner], atol=2e-5)
 
 
+def test_without_a_warp_views_skip_the_resampling_and_render_the_same(image):
+    """flow_limit 0 (stealth) renders a view as clean + noise; sampling it at its own pixel centres gave the same."""
+    warped, plain = make("tanh", flow_limit=0.03), make("tanh", flow_limit=0.0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for a, b in zip(warped.noise, plain.noise):
+            a.normal_(0, 1)
+            b.copy_(a)
+    clean = [clean_view(image, v) for v in plain.views]
+    with torch.no_grad():  # warped's flow parameters are all zero: its grid is each view's identity
+        for a, b, c in zip(warped.render_views(clean), plain.render_views(clean), clean):
+            assert torch.allclose(a, b, atol=1e-5)
+            assert float((b - c).abs().max()) > 0.01  # the noise is there
+    out, applied = plain.render_full(image, band=32)
+    assert applied["max_flow_px"] == 0
+
+
 def test_window_fades_to_zero_at_the_edges():
     g = ViewGeometry(box=(0, 0, 40, 40), size=(40, 40))
     coords = view_coordinates(g, (40, 40))

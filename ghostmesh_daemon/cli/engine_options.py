@@ -65,25 +65,30 @@ def _whole_number(lo: int, hi: int | None = None) -> Callable[[str], int]:
 _positive_int = _whole_number(1)
 
 
-def _unit_number(closed: bool) -> Callable[[str], float]:
-    """An argparse type: a number between 0 and 1, the ends included when ``closed``."""
+def _unit_number(zero: bool, one: bool) -> Callable[[str], float]:
+    """An argparse type: a number between 0 and 1, with 0 and 1 allowed when ``zero`` and ``one`` say so."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if closed and not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value:g}")
-        if not closed and not 0.0 < value < 1.0:
+        if not ((0.0 <= value if zero else 0.0 < value) and (value <= 1.0 if one else value < 1.0)):
+            if zero and one:
+                raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value:g}")
+            if zero:
+                raise argparse.ArgumentTypeError(f"expected a number from 0 up to (not including) 1, got {value:g}")
             raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value:g}")
         return value
 
     return parse
 
 
-_fraction = _unit_number(closed=False)
-_share = _unit_number(closed=True)
+_fraction = _unit_number(zero=False, one=False)
+_share = _unit_number(zero=True, one=True)
+#: A warp limit of 0 turns the warp off (stealth's default: a warp under a pixel still moved edges
+#: further than the +-4/255 noise reference on MS-SSIM and HaarPSI).
+_warp = _unit_number(zero=True, one=False)
 
 
 def _device(text: str) -> str:
@@ -112,8 +117,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=_positive_int, metavar="N", help="optimizer steps (default: the preset's)")
     g.add_argument("--noise-limit", type=_fraction, metavar="F",
                    help=f"cap on the per-pixel luma change (the JND bound is clamped to it), fraction of full scale (default: {_preset_default('noise_limit')})")
-    g.add_argument("--flow-limit", type=_fraction, metavar="F",
-                   help=f"max warp, fraction of each face's size (default: {_preset_default('flow_limit')})")
+    g.add_argument("--flow-limit", type=_warp, metavar="F",
+                   help=f"max warp, fraction of each face's size, 0 for none (default: {_preset_default('flow_limit')})")
     g.add_argument("--lpips-budget", type=_fraction, metavar="F",
                    help=f"perceptual budget for the whole photo (default: {_preset_default('lpips_budget')})")
     g.add_argument("--align-samples", type=_whole_number(0, MAX_ALIGN_SAMPLES), metavar="N",

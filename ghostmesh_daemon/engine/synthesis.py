@@ -224,6 +224,8 @@ class Perturbation(nn.Module):
         plan = self._plan(index, clean.device, clean.dtype)
         ycc = self._noise_ycc(index, plan)
         delta = ycc_to_rgb(ycc) if ycc is not None else clean.new_zeros(())
+        if self.shape.flow_fraction == 0:  # no warp: sampling the view at its own pixel centres is the identity
+            return clean + delta
         # the view's own normalised coordinates are an affine function of the photo's: shift by the flow
         grid = plan.local + self.flow_at(plan.coords, plan.flow_px, field) * plan.scale
         return F.grid_sample(clean + delta, grid, mode="bilinear", padding_mode="border", align_corners=False)
