@@ -197,6 +197,7 @@ def run(settings: EngineSettings, name: str, photos: list[tuple[str, Path]], jud
         contact_sheet: bool = True, quiet: bool = False, write: bool = True) -> dict:
     """Protect ``photos`` with ``settings``, judge every same-person pair, measure quality; write
     ``benchmarks/results/<name>.json/.md`` (and the contact sheet) and return the results."""
+    revision = git_rev()  # the code that runs: a commit made while it runs is not what was measured
     protector = Protector(settings)
     targets = protector.target_names
     judges = [EmbedderJudge(n) for n in judge_names(judges_requested, targets)]
@@ -303,7 +304,7 @@ def run(settings: EngineSettings, name: str, photos: list[tuple[str, Path]], jud
         info.update(pairs=len(matched), protected_saved=summary[f"{n}_protected_saved"],
                     protected_upload=summary[f"{n}_protected_upload"])
     summary["judges"] = judge_info
-    data = {"name": name, "machine": machine(), "revision": git_rev(), "settings": settings.to_dict(), "summary": summary,
+    data = {"name": name, "machine": machine(), "revision": revision, "settings": settings.to_dict(), "summary": summary,
             "photos": per_photo, "pairs": pairs}
     rate = lambda k: f"{summary[k]}/{summary['pairs']} ({100 * summary[k] / max(1, summary['pairs']):.0f} %)"
     f3 = lambda v: "n/a" if v is None else f"{v:.3f}"

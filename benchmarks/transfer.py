@@ -157,12 +157,13 @@ def main() -> None:
                 "two_unoptimized_within_noise": s["two_unoptimized_within_noise"],
                 "weak_photos": s["weak_photos"], "photos": len(data["photos"]),
                 "median_seconds": s["median_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
+                "revision": data["revision"],
             }
             rows.append(row)
             print(f"{preset} {label}: " + ", ".join(f"{LABEL[f]} {pct(*r[f])}" for f in FAMILIES)
                   + f"; face LPIPS native median {row['median_face_lpips_native']:.4f}; "
                   f"{row['median_seconds']} s/photo", flush=True)
-    report(args.name, rows, photos, args.per_person)
+    report(args.name, rows, photos, args.per_person, revisions=[r["revision"] for r in rows])
 
 
 def setting(row: dict) -> str:
