@@ -61,6 +61,9 @@ class EngineSettings:
     #: cannot draw texture where the photo has none. Still within the JND bound.
     detail_gain: float = 0.0
     detail_bands: int = 4
+    #: Multiplies the bands' scales (1, 2, 4, 8 px): coarser bands reshape shading, the scale a
+    #: recognizer's 112-160 px crop of a large face sees.
+    detail_scale: float = 1.0
     detail_smooth: float = 1.5
     #: Largest relative increase of a detail band (raised fine detail reads as aged skin).
     detail_boost: float = 0.3
@@ -153,9 +156,9 @@ class EngineSettings:
 #: threshold either way, so it keeps the plain sum. Panic's noise is the detail basis (``detail_gain``):
 #: free noise at panic's bound drew wavy bands and mottled, aged skin on most faces, which the issue's
 #: "looks like a natural photo" rules out; re-weighting the photo's own detail looks like a retouch
-#: and still stops dlib's own pipeline on 28 of 29 pairs, but MobileFace, FaceNet and SFace far less.
-#: Its grain goes to the full texture JND (``detail_pixels`` 1): at half of it the 150 px face of
-#: kit_harington/john1 stayed 0.57 from another photo of him after an upload, at the full 0.72.
+#: and, with its grain at the full texture JND (``detail_pixels`` 1), stops dlib's own pipeline on all
+#: 29 test pairs after an upload (at half of it the 150 px face of kit_harington/john1 stayed 0.57
+#: from another photo of him, at the full 0.72), but MobileFace, FaceNet and SFace far less.
 PRESETS: dict[str, dict] = {
     "stealth": {"noise_limit": 0.03, "jnd_scale": 0.7, "jnd_flat": 0.5, "chroma_ratio": 0.25, "flow_limit": 0.0,
                 "vertical_weight": 30.0, "face_lpips_budget": 0.03, "steps": 120, "align_samples": 0, "balance": "sum",
