@@ -180,6 +180,16 @@ def test_detail_layers_add_up_to_the_luma(photo):
     assert torch.allclose(layers.sum(1, keepdim=True) + gaussian_blur(luma, DETAIL_SIGMAS[-1]), luma, atol=1e-6)
 
 
+def test_detail_scale_moves_every_band_and_the_layers_still_add_up(photo):
+    shape = _detail_shape(photo, detail_scale=2.0)
+    assert shape.detail_sigmas == tuple(2 * s for s in DETAIL_SIGMAS)
+    luma = rgb_to_ycc(photo)[:, :1]
+    assert torch.allclose(shape.detail.sum(1, keepdim=True) + gaussian_blur(luma, shape.detail_sigmas[-1]), luma, atol=1e-6)
+    assert not torch.allclose(shape.detail, _detail_shape(photo).detail, atol=1e-3)  # really other bands
+    with pytest.raises(ValueError, match="detail_scale"):
+        _detail_shape(photo, detail_scale=0.0)
+
+
 @pytest.mark.parametrize("mode", ["tanh", "pgd"])
 def test_detail_basis_keeps_the_luma_bound_and_draws_nothing_on_flat_skin(mode, half_flat):
     """Re-weighting the photo's own detail cannot put texture where there is none (the bands and

@@ -144,6 +144,8 @@ class PerceptualBounds:
     #: The original's own luma detail, one band-pass layer per scale, (1, K, H, W), when the noise is
     #: a local re-weighting of that detail (the detail basis, ``detail_gain`` > 0) instead of free pixels.
     detail: Tensor | None = None
+    #: The Gaussian scales (photo pixels) the detail layers were split at, finest first.
+    detail_sigmas: tuple[float, ...] = ()
     #: The largest relative decrease and increase of each detail band's contrast (0.8 and 0.3: from
     #: x0.2 to x1.3): raising fine detail is what ages skin, so the increase is kept smaller.
     detail_gain: float = 0.0
@@ -214,19 +216,23 @@ def detail_layers(x: Tensor, sigmas: tuple[float, ...] = DETAIL_SIGMAS) -> Tenso
 def shape_for(x: Tensor, faces: list[Face] | tuple[Face, ...], *, noise_limit: float, jnd_scale: float,
               chroma_ratio: float, flow_fraction: float, noise_everywhere: bool, flat: float = 1.0,
               detail_bands: int = 0, detail_gain: float = 0.0, detail_boost: float = 0.0,
-              detail_pixels: float = 0.0) -> PerceptualBounds:
+              detail_pixels: float = 0.0, detail_scale: float = 1.0) -> PerceptualBounds:
     """The per-pixel bounds for photo ``x``: its JND scaled by ``jnd_scale`` and capped at ``noise_limit``
-    (with ``detail_bands``, also its first that many detail layers of :data:`DETAIL_SIGMAS`)."""
+    (with ``detail_bands``, also its first that many detail layers of :data:`DETAIL_SIGMAS`, each scale
+    times ``detail_scale``)."""
     texture, luminance = (jnd_terms(x) * jnd_scale).unbind(1)
     luma = torch.maximum(texture, flat * luminance).clamp(max=noise_limit)
     chroma = chroma_ratio * torch.minimum(luma, luminance)
     if not 0 <= detail_bands <= len(DETAIL_SIGMAS):
         raise ValueError(f"0 to {len(DETAIL_SIGMAS)} detail bands (scales {DETAIL_SIGMAS} px), got {detail_bands}")
-    detail = detail_layers(x, DETAIL_SIGMAS[:detail_bands]) if detail_bands else None
+    if not detail_scale > 0:
+        raise ValueError(f"detail_scale must be > 0, got {detail_scale}")
+    sigmas = tuple(detail_scale * s for s in DETAIL_SIGMAS[:detail_bands])
+    detail = detail_layers(x, sigmas) if detail_bands else None
     planes = [luma, chroma] + ([texture.clamp(0, noise_limit)] if detail is not None and detail_pixels > 0 else [])
     return PerceptualBounds(torch.stack(planes, dim=1), chroma_ratio, tuple(FaceRegion.of(f) for f in faces),
-                            noise_everywhere, flow_fraction, detail=detail, detail_gain=detail_gain, detail_boost=detail_boost,
-                            detail_pixels=detail_pixels)
+                            noise_everywhere, flow_fraction, detail=detail, detail_sigmas=sigmas if detail is not None else (),
+                            detail_gain=detail_gain, detail_boost=detail_boost, detail_pixels=detail_pixels)
 
 
 def uniform_bounds(image_hw: tuple[int, int], faces=(), *, limit: float = 0.05, chroma_ratio: float = 1.0,

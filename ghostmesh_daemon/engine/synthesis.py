@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .eot import gaussian_blur, gaussian_blur_channels
 from .geometry import check_image, downscale
-from .perception import DETAIL_SIGMAS, PerceptualBounds, ycc_to_rgb
+from .perception import PerceptualBounds, ycc_to_rgb
 from .scene import ViewGeometry
 
 
@@ -268,7 +268,7 @@ class Perturbation(nn.Module):
         if share > 0:  # luma grain on top, where the photo's own texture masks it
             free, raw = share * bound[:, 3:4] * fraction(raw[:, :1]), raw[:, 1:]
         if self.bounds.detail_smooth > 0:  # a gain varying faster than its band would draw new texture
-            raw = gaussian_blur_channels(raw, [self.bounds.detail_smooth * s * view_scale for s in DETAIL_SIGMAS[:raw.shape[1]]])
+            raw = gaussian_blur_channels(raw, [self.bounds.detail_smooth * s * view_scale for s in self.shape.detail_sigmas])
         t = torch.tanh(raw) if self.bounds.mode == "tanh" else raw
         if written and self.bounds.mode == "pgd":
             t = t.clamp(-1, 1)
@@ -315,7 +315,7 @@ class Perturbation(nn.Module):
         full = ViewGeometry(box=(0, 0, W, H), size=(H, W))
         out = torch.empty_like(x)
         max_flow_px = max((f.side_px * self.shape.flow_fraction for f in self.shape.faces), default=0.0)
-        smooth = self.bounds.detail_smooth * DETAIL_SIGMAS[self.shape.detail.shape[1] - 1] if self.shape.detail is not None else 0.0
+        smooth = self.bounds.detail_smooth * self.shape.detail_sigmas[-1] if self.shape.detail is not None else 0.0
         pad = math.ceil(max_flow_px) + 2 + math.ceil(3 * self.bounds.grain) + math.ceil(4 * smooth)
         max_delta = 0.0
         max_flow = 0.0
