@@ -86,8 +86,8 @@ def _unit_number(zero: bool, one: bool) -> Callable[[str], float]:
 
 _fraction = _unit_number(zero=False, one=False)
 _share = _unit_number(zero=True, one=True)
-#: A warp limit of 0 turns the warp off (stealth's default: a warp under a pixel still moved edges
-#: further than the +-4/255 noise reference on MS-SSIM and HaarPSI).
+#: A warp limit of 0 turns the warp off (stealth's default: a warp of about 2 px moved edges enough
+#: that MS-SSIM and HaarPSI put faces further from their originals than +-4/255 noise).
 _warp = _unit_number(zero=True, one=False)
 
 

@@ -144,8 +144,8 @@ class EngineSettings:
 #: of that on smooth skin (at a full JND MobileFace's pattern showed as horizontal streaks on smooth,
 #: bright skin), chroma within a quarter of the flat-region JND, and no warp (a warp of 0.6 % of the
 #: face, about 2 px, moved edges enough that HaarPSI put every face further than the noise reference;
-#: at a full JND without the warp MS-SSIM and HaarPSI still did on alex_lacamoire; at 0.7 of one 9 of
-#: the 11 shared faces are within the reference), native face LPIPS <= 0.03.
+#: at a full JND without the warp MS-SSIM and HaarPSI still did on alex_lacamoire; at 0.7 of one 10 of
+#: the 11 shared faces are within the reference on at least two of them), native face LPIPS <= 0.03.
 #: ``panic``: stronger and allowed to be visible: three JNDs where texture masks them (at most 0.05)
 #: but only 1.5 on smooth skin (an optimized pattern forms streaks there), chroma still a quarter of
 #: the flat-region JND (more turned eyes and brows purple), a 1.5 % warp with the vertical penalty
