@@ -46,11 +46,22 @@ def _number(lo: float | None = None, hi: float | None = None, *, integer: bool =
     return check
 
 
-def _fraction(v: Any, zero: bool = False) -> float:
-    v = _number()(v)
-    if not ((0.0 <= v if zero else 0.0 < v) and v < 1.0):
-        raise ValueError(f"must be a {'number from 0 up to (not including) 1' if zero else 'fraction between 0 and 1'}, got {v:g}")
-    return v
+def unit_number(zero: bool = False, one: bool = False) -> Callable[[Any], float]:
+    """A number between 0 and 1, with 0 and 1 allowed when ``zero`` and ``one`` say so (the command
+    line's engine options check their values with the same rule and words)."""
+    span = {(False, False): "a fraction between 0 and 1", (True, False): "a number from 0 up to (not including) 1",
+            (False, True): "a number above 0 and at most 1", (True, True): "a number from 0 to 1"}[(zero, one)]
+
+    def check(v: Any) -> float:
+        v = _number()(v)
+        if not ((0.0 <= v if zero else 0.0 < v) and (v <= 1.0 if one else v < 1.0)):
+            raise ValueError(f"must be {span}, got {v:g}")
+        return v
+
+    return check
+
+
+_fraction = unit_number()
 
 
 def _bool(v: Any) -> bool:
@@ -193,8 +204,7 @@ KEYS: tuple[Key, ...] = (
     Key("engine", "mode", "tanh", "How the noise is bounded: \"tanh\" or \"pgd\".", _choice("tanh", "pgd")),
     _preset_key("steps", "Optimizer steps per photo", _number(1, 100000, integer=True)),
     _preset_key("noise_limit", "Cap on the per-pixel luma change (the just-noticeable-difference bound is clamped to it), as a fraction of full scale", _fraction),
-    _preset_key("flow_limit", "Largest warp, as a fraction of each face's size (0: no warp)",
-                lambda v: _fraction(v, zero=True)),
+    _preset_key("flow_limit", "Largest warp, as a fraction of each face's size (0: no warp)", unit_number(zero=True)),
     _preset_key("align_samples",
                 "Input diversity: each step also shows the face models each face re-aligned (scaled, turned,\n"
                 "shifted, mirrored) this many times at random; slower, transfers further",
@@ -206,7 +216,7 @@ KEYS: tuple[Key, ...] = (
     _preset_key("detail_gain",
                 "0 = the cloak is free noise within the per-pixel bound; above 0 it only makes the photo's own detail\n"
                 "locally weaker (by at most this fraction) or stronger (a local retouch: it cannot draw texture on smooth skin)",
-                _number(0, 1)),
+                unit_number(zero=True, one=True)),
     _preset_key("lpips_budget", "Perceptual budget (LPIPS) for the whole photo, at its own resolution", _fraction),
     _preset_key("face_lpips_budget", "Perceptual budget (LPIPS) for each face, at its own resolution", _fraction),
     Key("engine", "siglip_model", "google/siglip-base-patch16-384",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Mapping
 
+from ..config import unit_number
 from ..engine.settings import BALANCES, MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, preset_values, settings_for
 from ..errors import UsageError
 
@@ -66,20 +67,18 @@ _positive_int = _whole_number(1)
 
 
 def _unit_number(zero: bool, one: bool) -> Callable[[str], float]:
-    """An argparse type: a number between 0 and 1, with 0 and 1 allowed when ``zero`` and ``one`` say so."""
+    """An argparse type: the config file's :func:`~ghostmesh_daemon.config.unit_number` rule on a typed value."""
+    check = unit_number(zero=zero, one=one)
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not ((0.0 <= value if zero else 0.0 < value) and (value <= 1.0 if one else value < 1.0)):
-            if zero and one:
-                raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value:g}")
-            if zero:
-                raise argparse.ArgumentTypeError(f"expected a number from 0 up to (not including) 1, got {value:g}")
-            raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value:g}")
-        return value
+        try:
+            return check(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse
 

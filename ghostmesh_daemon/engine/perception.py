@@ -231,7 +231,7 @@ def shape_for(x: Tensor, faces: list[Face] | tuple[Face, ...], *, noise_limit: f
     detail = detail_layers(x, sigmas) if detail_bands else None
     planes = [luma, chroma] + ([texture.clamp(0, noise_limit)] if detail is not None and detail_pixels > 0 else [])
     return PerceptualBounds(torch.stack(planes, dim=1), chroma_ratio, tuple(FaceRegion.of(f) for f in faces),
-                            noise_everywhere, flow_fraction, detail=detail, detail_sigmas=sigmas if detail is not None else (),
+                            noise_everywhere, flow_fraction, detail=detail, detail_sigmas=sigmas,
                             detail_gain=detail_gain, detail_boost=detail_boost, detail_pixels=detail_pixels)
 
 
