@@ -113,6 +113,44 @@ def test_warp_is_zero_outside_the_face_and_within_its_pixel_bound(photo):
     assert applied["max_flow_px"] <= limit + 1e-5
 
 
+#: The same face with eyes: corners 10 px apart, centred at (64, 50) and (96, 50) (dlib's order:
+#: image-right eye first).
+FACE_WITH_EYES = Face(box=FACE.box, landmarks=torch.tensor([[101.0, 50.0], [91.0, 50.0], [59.0, 50.0], [69.0, 50.0], [80.0, 75.0]]),
+                      chip_to_image=FACE.chip_to_image)
+
+
+@pytest.mark.parametrize("mode", ["tanh", "pgd"])
+@pytest.mark.parametrize("basis", ["free", "detail"])
+def test_eye_guard_leaves_the_eyes_as_they_are(mode, basis, photo):
+    """Lowered whites and catch-lights and lids moved by the warp made a face look older and tired:
+    under the guard neither the noise (either basis, grain included) nor the warp reaches the eyes,
+    while the rest of the face keeps its bounds."""
+    detail = dict(detail_bands=4, detail_gain=0.8, detail_boost=0.3, detail_pixels=1.0) if basis == "detail" else {}
+    shapes = [shape_for(photo, [FACE_WITH_EYES], noise_limit=0.05, jnd_scale=1.0, chroma_ratio=0.25, flow_fraction=0.03,
+                        noise_everywhere=False, eye_guard=guard, **detail) for guard in (0.0, 1.0)]
+    outs = []
+    for shape in shapes:
+        p = _perturbation(photo, mode, shape)
+        _push(p, 50.0 if mode == "tanh" else 3.0)
+        if mode == "pgd":
+            p.project([torch.zeros(1)] * 2)
+        with torch.no_grad():
+            p.flow.copy_(torch.randn(p.flow.shape, generator=torch.Generator().manual_seed(2)).sign() * 50)
+        outs.append(p.render_full(photo, band=50)[0] - photo)
+    free, guarded = outs
+    ys, xs = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
+    near = lambda r: ((xs - 64) ** 2 + (ys - 50) ** 2 < r * r) | ((xs - 96) ** 2 + (ys - 50) ** 2 < r * r)  # noqa: E731
+    assert shapes[1].faces[0].eyes[0][2] == pytest.approx(10 * 149 / 80)  # 10 image px, in chip pixels
+    inner, outer = (10 * r for r in shapes[1].eye_disc)
+    assert float(free.abs().amax(1)[0][near(inner)].mean()) > 0.005  # unguarded, the eyes change
+    assert float(guarded.abs().amax(1)[0][near(inner - 1)].max()) < 1e-5  # guarded, not at all
+    mouth = (slice(None), slice(None), slice(70, 85), slice(65, 95))
+    assert torch.allclose(guarded[mouth], free[mouth], atol=1e-5)  # beyond the guard, as it was
+    coords = view_coordinates(ViewGeometry(box=(0, 0, W, H), size=(H, W)), (H, W))
+    assert torch.all(shapes[1].flow_limit_at(coords)[0, 0] <= shapes[0].flow_limit_at(coords)[0, 0])
+    assert float(shapes[1].flow_limit_at(coords)[0, 0][near(inner)].max()) == 0.0
+
+
 def test_no_step_in_perturbation_energy_at_a_view_edge(photo):
     """A synthetic photo with a face view whose edge crosses flat grey: the noise fades to zero
     before the view ends, column by column, with no jump (a hard edge shows as a rectangle)."""

@@ -101,7 +101,7 @@ def make_perturbation(x: Tensor, faces: Sequence[Face], settings: EngineSettings
                       chroma_ratio=settings.chroma_ratio, flow_fraction=settings.flow_limit, noise_everywhere=need_detail,
                       flat=settings.jnd_flat, detail_bands=settings.detail_bands if settings.detail_gain else 0,
                       detail_gain=settings.detail_gain, detail_boost=settings.detail_boost, detail_pixels=settings.detail_pixels,
-                      detail_scale=settings.detail_scale)
+                      detail_scale=settings.detail_scale, eye_guard=settings.eye_guard)
     return Perturbation(tuple(x.shape[-2:]), whole, face_geoms, bounds, shape, settings.flow_grid,
                         whole_noise=need_detail).to(x.device)
 

@@ -103,6 +103,8 @@ class FaceRegion:
     centre: float  # the chip's centre, chip pixels (both axes)
     half: float  # the chip's half-side, chip pixels
     side_px: float  # the chip's side in image pixels
+    #: Each eye's centre (x, y) and width (corner to corner), chip pixels, from the face's landmarks.
+    eyes: tuple[tuple[float, float, float], ...] = ()
 
     @classmethod
     def of(cls, face: Face) -> "FaceRegion":
@@ -111,16 +113,30 @@ class FaceRegion:
         inv = torch.linalg.inv(a)[:2]
         n = face.chip_size - 1
         side = float(torch.det(a[:2, :2]).abs().sqrt()) * n
-        return cls(inv, n / 2, n / 2, side)
+        corners = face.landmarks.double() @ inv[:, :2].T + inv[:, 2]  # dlib's 5 points: 0-1, 2-3 the eyes' corners
+        eyes = tuple((*((corners[i] + corners[i + 1]) / 2).tolist(), float((corners[i] - corners[i + 1]).norm()))
+                     for i in (0, 2)) if len(corners) >= 4 else ()
+        return cls(inv, n / 2, n / 2, side, eyes)
+
+    def _chip(self, pixels: Tensor) -> Tensor:
+        m = self.image_to_chip.to(pixels)
+        return pixels @ m[:, :2].T + m[:, 2]
 
     def radius(self, pixels: Tensor) -> Tensor:
         """Distance of image points (..., 2) from the chip's centre, in chip half-sides."""
-        m = self.image_to_chip.to(pixels)
-        chip = pixels @ m[:, :2].T + m[:, 2]
-        return ((chip - self.centre) / self.half).norm(dim=-1)
+        return ((self._chip(pixels) - self.centre) / self.half).norm(dim=-1)
 
     def mask(self, pixels: Tensor, inner: float, outer: float) -> Tensor:
         return smoothstep((outer - self.radius(pixels)) / (outer - inner))
+
+    def eye_mask(self, pixels: Tensor, inner: float, outer: float) -> Tensor:
+        """1 within ``inner`` eye widths of either eye's centre, easing to 0 at ``outer``."""
+        chip = self._chip(pixels)
+        out = torch.zeros(pixels.shape[:-1], dtype=pixels.dtype, device=pixels.device)
+        for cx, cy, width in self.eyes:
+            d = (chip - torch.tensor([cx, cy], dtype=chip.dtype, device=chip.device)).norm(dim=-1) / width
+            out = torch.maximum(out, smoothstep((outer - d) / (outer - inner)))
+        return out
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,11 @@ class PerceptualBounds:
     #: Luma grain on top of the detail re-weighting, at this share of the JND's texture term alone
     #: (hair, brows, lashes and edges mask it; smooth skin gets none): 0 for none.
     detail_pixels: float = 0.0
+    #: The share of the noise's and the warp's bounds withheld around the eyes (0: none, 1: the eyes
+    #: are left as they are): dulled whites and catch-lights and lids moved by the warp made a face
+    #: look older and tired. ``eye_disc``: where, in eye widths (corner to corner) from each eye's centre.
+    eye_guard: float = 0.0
+    eye_disc: tuple[float, float] = (0.7, 1.2)
 
     @property
     def noise_channels(self) -> int:
@@ -172,14 +193,20 @@ class PerceptualBounds:
         return torch.stack([(coords[..., 0] + 1) * (W / 2) - 0.5, (coords[..., 1] + 1) * (H / 2) - 0.5], dim=-1).double()
 
     def noise_mask_at(self, coords: Tensor) -> Tensor:
-        """(1, 1, h, w): where the noise may live, 0..1."""
+        """(1, 1, h, w): where the noise may live, 0..1 (nowhere around the eyes under ``eye_guard``)."""
         if self.noise_everywhere:
-            return coords.new_ones(1, 1, *coords.shape[1:3])
-        return self._union(coords, lambda f, p: f.mask(p, *self.noise_disc))
+            return self._guarded(coords, coords.new_ones(1, 1, *coords.shape[1:3]))
+        return self._guarded(coords, self._union(coords, lambda f, p: f.mask(p, *self.noise_disc)))
 
     def flow_limit_at(self, coords: Tensor) -> Tensor:
-        """(1, 1, h, w): the largest displacement allowed at each point, in image pixels."""
-        return self._union(coords, lambda f, p: f.mask(p, *self.flow_disc) * (self.flow_fraction * f.side_px))
+        """(1, 1, h, w): the largest displacement allowed at each point, in image pixels (none around
+        the eyes under ``eye_guard``)."""
+        return self._guarded(coords, self._union(coords, lambda f, p: f.mask(p, *self.flow_disc) * (self.flow_fraction * f.side_px)))
+
+    def _guarded(self, coords: Tensor, bound: Tensor) -> Tensor:
+        if self.eye_guard <= 0:
+            return bound
+        return bound * (1 - self.eye_guard * self._union(coords, lambda f, p: f.eye_mask(p, *self.eye_disc)))
 
     def _union(self, coords: Tensor, per_face) -> Tensor:
         pixels = self._pixels(coords)
@@ -216,7 +243,7 @@ def detail_layers(x: Tensor, sigmas: tuple[float, ...] = DETAIL_SIGMAS) -> Tenso
 def shape_for(x: Tensor, faces: list[Face] | tuple[Face, ...], *, noise_limit: float, jnd_scale: float,
               chroma_ratio: float, flow_fraction: float, noise_everywhere: bool, flat: float = 1.0,
               detail_bands: int = 0, detail_gain: float = 0.0, detail_boost: float = 0.0,
-              detail_pixels: float = 0.0, detail_scale: float = 1.0) -> PerceptualBounds:
+              detail_pixels: float = 0.0, detail_scale: float = 1.0, eye_guard: float = 0.0) -> PerceptualBounds:
     """The per-pixel bounds for photo ``x``: its JND scaled by ``jnd_scale`` and capped at ``noise_limit``
     (with ``detail_bands``, also its first that many detail layers of :data:`DETAIL_SIGMAS`, each scale
     times ``detail_scale``)."""
@@ -232,7 +259,8 @@ def shape_for(x: Tensor, faces: list[Face] | tuple[Face, ...], *, noise_limit: f
     planes = [luma, chroma] + ([texture.clamp(0, noise_limit)] if detail is not None and detail_pixels > 0 else [])
     return PerceptualBounds(torch.stack(planes, dim=1), chroma_ratio, tuple(FaceRegion.of(f) for f in faces),
                             noise_everywhere, flow_fraction, detail=detail, detail_sigmas=sigmas,
-                            detail_gain=detail_gain, detail_boost=detail_boost, detail_pixels=detail_pixels)
+                            detail_gain=detail_gain, detail_boost=detail_boost, detail_pixels=detail_pixels,
+                            eye_guard=eye_guard)
 
 
 def uniform_bounds(image_hw: tuple[int, int], faces=(), *, limit: float = 0.05, chroma_ratio: float = 1.0,

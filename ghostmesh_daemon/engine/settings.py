@@ -69,6 +69,10 @@ class EngineSettings:
     detail_boost: float = 0.3
     #: Detail basis: luma grain on top, at this share of the JND's texture term (none on smooth skin).
     detail_pixels: float = 0.5
+    #: The share of the noise's and the warp's bounds withheld around the eyes (up to about an eye's
+    #: width from each eye's centre): lowered whites and catch-lights and lids moved by the warp made
+    #: eyes look smaller and a face older and tired.
+    eye_guard: float = 0.0
     lpips_budget: float = 0.05
     face_lpips_budget: float = 0.03
     vertical_weight: float = 30.0
@@ -159,13 +163,15 @@ class EngineSettings:
 #: and, with its grain at the full texture JND (``detail_pixels`` 1), stops dlib's own pipeline on all
 #: 29 test pairs after an upload (at half of it the 150 px face of kit_harington/john1 stayed 0.57
 #: from another photo of him, at the full 0.72), but MobileFace, FaceNet and SFace far less.
+#: Panic leaves the eyes as they are (``eye_guard``): with the eyes' whites and catch-lights lowered
+#: and the lids moved by the warp, biden.jpg's eyes looked smaller and the face older and tired.
 PRESETS: dict[str, dict] = {
     "stealth": {"noise_limit": 0.03, "jnd_scale": 0.7, "jnd_flat": 0.5, "chroma_ratio": 0.25, "flow_limit": 0.0,
                 "vertical_weight": 30.0, "face_lpips_budget": 0.03, "steps": 120, "align_samples": 0, "balance": "sum",
                 "detail_gain": 0.0},
     "panic": {"noise_limit": 0.05, "jnd_scale": 3.0, "jnd_flat": 0.5, "chroma_ratio": 0.25, "flow_limit": 0.015,
               "vertical_weight": 30.0, "face_lpips_budget": 0.06, "steps": 300, "align_samples": 2, "balance": "shortfall",
-              "detail_gain": 0.8, "detail_pixels": 1.0},
+              "detail_gain": 0.8, "detail_pixels": 1.0, "eye_guard": 1.0},
 }
 
 
