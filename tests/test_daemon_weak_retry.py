@@ -34,7 +34,7 @@ def test_retry_settings_keep_the_preset_by_default_and_panic_is_an_opt_in():
     assert retry_settings(current, "off") is None
     panic = retry_settings(current, "panic")
     assert (panic.preset, panic.flow_limit, panic.steps, panic.seed) == ("panic", settings_for("panic").flow_limit, 7, 5)
-    assert panic.target_weights == (("mobileface", 0.5),)  # what the user chose is kept
+    assert dict(panic.target_weights) == {**dict(settings_for("panic").target_weights), "mobileface": 0.5}  # what the user chose is kept
     assert retry_settings(settings_for("stealth"), "panic").steps == settings_for("panic").steps
 
 

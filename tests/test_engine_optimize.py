@@ -189,6 +189,11 @@ def test_target_weights_scale_each_identity_term(small_face, face_target, lpips_
     assert runs[0.0].targets["face"].distance_after[0] < 0.02  # only the vertical-flow penalty acted
     assert runs[1.0].targets["face"].distance_after[0] > 5 * max(runs[0.0].targets["face"].distance_after[0], 0.01)
     assert settings_for("stealth", target_weights=(("face", 2.0),)).to_dict()["target_weights"] == {"face": 2.0}
+    # a preset's weights are defaults, replaced target by target by the user's
+    assert settings_for("panic").weight_of("face") == 3.0 and settings_for("stealth").weight_of("face") == 1.0
+    mixed = settings_for("panic", target_weights=(("face", 1.0), ("sface", 0.5)))
+    assert (mixed.weight_of("face"), mixed.weight_of("sface"), mixed.weight_of("mobileface")) == (1.0, 0.5, 1.0)
+    assert settings_for("panic", target_weights=()).weight_of("face") == 3.0  # an empty list (the config's default) keeps them
     with pytest.raises(ValueError):
         settings_for("stealth", target_weights=(("face", -1.0),))
 

@@ -165,13 +165,16 @@ class EngineSettings:
 #: from another photo of him, at the full 0.72), but MobileFace, FaceNet and SFace far less.
 #: Panic leaves the eyes as they are (``eye_guard``): with the eyes' whites and catch-lights lowered
 #: and the lids moved by the warp, biden.jpg's eyes looked smaller and the face older and tired.
+#: Without the eyes dlib's own pipeline still matched 2 of the 29 pairs (obama3, 0.57 and 0.59), so
+#: panic weighs dlib 3 (``target_weights``; at 2 those pairs were 0.61 and 0.63 from each other, at 3
+#: 0.62 and 0.65): no setting reaches MobileFace or SFace within the look, dlib it can.
 PRESETS: dict[str, dict] = {
     "stealth": {"noise_limit": 0.03, "jnd_scale": 0.7, "jnd_flat": 0.5, "chroma_ratio": 0.25, "flow_limit": 0.0,
                 "vertical_weight": 30.0, "face_lpips_budget": 0.03, "steps": 120, "align_samples": 0, "balance": "sum",
                 "detail_gain": 0.0},
     "panic": {"noise_limit": 0.05, "jnd_scale": 3.0, "jnd_flat": 0.5, "chroma_ratio": 0.25, "flow_limit": 0.015,
               "vertical_weight": 30.0, "face_lpips_budget": 0.06, "steps": 300, "align_samples": 2, "balance": "shortfall",
-              "detail_gain": 0.8, "detail_pixels": 1.0, "eye_guard": 1.0},
+              "detail_gain": 0.8, "detail_pixels": 1.0, "eye_guard": 1.0, "target_weights": (("face", 3.0),)},
 }
 
 
@@ -203,5 +206,9 @@ def settings_for(preset: Preset = "stealth", **overrides) -> EngineSettings:
     """Settings for ``preset`` with explicit ``overrides`` (``None`` values mean "preset default")."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values = {**PRESETS[preset], **given}
+    # A preset's weights are defaults per target: the user's weights replace them target by target.
+    values["target_weights"] = tuple({**dict(PRESETS[preset].get("target_weights", ())),
+                                      **dict(given.get("target_weights", ()))}.items())
     return replace(EngineSettings(preset=preset), **values)
