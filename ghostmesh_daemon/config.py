@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 
 import platformdirs
 
-from .engine.settings import BALANCES, MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, preset_values, settings_for
+from .engine.settings import (BALANCES, MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, preset_values,
+                              preset_weights, settings_for)
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -199,7 +200,8 @@ KEYS: tuple[Key, ...] = (
         "as mobilefacenet only when named), or names such as [\"siglip\", \"face\"] (see `ghostmesh models`).",
         _targets),
     Key("engine", "target_weights", [],
-        "Weight of each target in the ensemble, e.g. [\"mobileface=0.5\"] (unnamed targets weigh 1; 0 = measured, not pushed).",
+        "Weight of each target in the ensemble, e.g. [\"mobileface=0.5\"] (unnamed targets weigh 1, or their\n"
+        f"preset's weight: {preset_weights()}; 0 = measured, not pushed).",
         _target_weights),
     Key("engine", "mode", "tanh", "How the noise is bounded: \"tanh\" or \"pgd\".", _choice("tanh", "pgd")),
     _preset_key("steps", "Optimizer steps per photo", _number(1, 100000, integer=True)),

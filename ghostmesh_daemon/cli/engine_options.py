@@ -11,7 +11,8 @@ import argparse
 from typing import Any, Callable, Mapping
 
 from ..config import unit_number
-from ..engine.settings import BALANCES, MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, preset_values, settings_for
+from ..engine.settings import (BALANCES, MAX_ALIGN_SAMPLES, PRESETS, EngineSettings, parse_target_weights, preset_values,
+                               preset_weights, settings_for)
 from ..errors import UsageError
 
 #: EngineSettings fields that have a command-line option (dest names match the field names).
@@ -110,7 +111,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine options")
     g.add_argument("--targets", type=_targets, metavar="A,B", help="encoders to protect against (default: auto)")
     g.add_argument("--target-weights", type=_target_weights, metavar="A=W,B=W",
-                   help="weight of each target in the ensemble (default: 1 each), e.g. mobileface=0.5")
+                   help=f"weight of each target in the ensemble (default: 1 each, or the preset's: {preset_weights()}), "
+                        "e.g. mobileface=0.5")
     g.add_argument("--mode", choices=("tanh", "pgd"), help="how the noise is bounded (default: tanh)")
     g.add_argument("--preset", choices=tuple(PRESETS), help="stealth (default) or panic (stronger, more visible)")
     g.add_argument("--steps", type=_positive_int, metavar="N", help="optimizer steps (default: the preset's)")

@@ -187,6 +187,12 @@ def preset_values(name: str, quote: bool = False) -> str | None:
     return ", ".join(f"{shown(values[name])} for {preset}" for preset, values in PRESETS.items())
 
 
+def preset_weights() -> str:
+    """``panic weighs face 3`` for every preset that sets target weights, for help texts."""
+    return "; ".join(f"{name} weighs " + ", ".join(f"{t} {w:g}" for t, w in values["target_weights"])
+                     for name, values in PRESETS.items() if values.get("target_weights"))
+
+
 def parse_target_weights(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, float], ...]:
     """``["mobileface=0.5", "face=2"]`` -> ``(("mobileface", 0.5), ("face", 2.0))``; raises ValueError."""
     pairs = []
