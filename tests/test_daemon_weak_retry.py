@@ -36,6 +36,9 @@ def test_retry_settings_keep_the_preset_by_default_and_panic_is_an_opt_in():
     assert (panic.preset, panic.flow_limit, panic.steps, panic.seed) == ("panic", settings_for("panic").flow_limit, 7, 5)
     assert dict(panic.target_weights) == {**dict(settings_for("panic").target_weights), "mobileface": 0.5}  # what the user chose is kept
     assert retry_settings(settings_for("stealth"), "panic").steps == settings_for("panic").steps
+    # and a preset's own weights stay with it: panic's dlib weight does not follow a retry into stealth
+    back = retry_settings(settings_for("panic", target_weights=(("sface", 0.5),)), "stealth")
+    assert (back.weight_of("face"), back.weight_of("sface")) == (1.0, 0.5)
 
 
 def test_default_config_retries_weak_photos_once_with_the_same_preset():

@@ -68,7 +68,9 @@ def retry_settings(current, weak_preset: str):
     values = {k: v for k, v in current.to_dict().items()
               if k != "preset" and not (k in preset_keys and v == PRESETS[current.preset][k])}
     values["targets"] = tuple(values["targets"])
-    values["target_weights"] = tuple(current.target_weights)
+    # the weights too, target by target: the current preset's own (panic weighs face 3) are not the user's
+    own = dict(PRESETS[current.preset].get("target_weights", ()))
+    values["target_weights"] = tuple((t, w) for t, w in current.target_weights if own.get(t) != w)
     values["seed"] = seed
     return settings_for(weak_preset, **values)
 
