@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import eot
+from .ghosts import FeatureDropout
 from .geometry import bounding_box, check_image, fit_within
 from .losses import ReferenceLPIPS, draw_view, hinge, identity_term, tiled_lpips
 from .perception import shape_for
@@ -181,20 +182,22 @@ class Evaluator:
         return Scene(whole=scene.whole, faces=faces)
 
     def measure(self, scene: Scene, draws: Sequence[eot.UploadDraw] = (), aligns: Sequence[eot.AlignDraw] = (),
-                whole_lpips: bool = True) -> dict:
+                whole_lpips: bool = True, feature_dropout: float = 0.0) -> dict:
         """Similarities, distances and LPIPS of ``scene`` (differentiable).
 
         With ``draws`` (uploads) or ``aligns`` (re-alignments of the faces), each target's similarity
         and distance are averaged over the scene itself and the scene after each draw (expectation
         over transformations), and a row counts as protected only when that average is past its goal.
         The reference stays the clean photo as aligned on it: another recogniser would compare the
-        protected face, however it crops it, with the photos it already holds.
+        protected face, however it crops it, with the photos it already holds. ``feature_dropout`` runs
+        the targets as ghost networks (``engine/ghosts.py``); LPIPS is never eroded.
         """
         scenes = [scene, *(self.uploaded(scene, d) for d in draws), *(self.realigned(scene, a) for a in aligns)]
         per_target = {}
         for t in self.targets:
             ref = self.references[t.name]
-            embs = [t.embed(s) for s in scenes]
+            with FeatureDropout(feature_dropout):
+                embs = [t.embed(s) for s in scenes]
             sim = torch.stack([t.similarity(ref, e) for e in embs]).mean(0)
             dist = torch.stack([t.distance(ref, e) for e in embs]).mean(0)
             per_target[t.name] = (sim, dist, dist.detach() >= t.goal * self.goal_scale)
@@ -257,6 +260,7 @@ def protect_image(
     stopped_early = interrupted = False
     step_times: list[float] = []
     steps_run = 0
+    last_judged = None
     for step in range(settings.steps + 1):
         if should_stop is not None and should_stop():
             interrupted = True
@@ -265,7 +269,7 @@ def protect_image(
         scene = ev.scene(pert.render_views(clean_views))
         draws = [eot.draw(generator) for _ in range(settings.eot_samples)]
         aligns = [eot.draw_alignment(generator, settings.align_jitter) for _ in range(settings.align_samples)]
-        m = ev.measure(scene, draws, aligns, whole_lpips=need_detail)
+        m = ev.measure(scene, draws, aligns, whole_lpips=need_detail, feature_dropout=settings.feature_dropout)
         lp_whole, lp_faces = m["lpips"], m["face_lpips"]
         lp_float = [float(lp_whole.detach()), *(float(v.detach()) for v in lp_faces)]
         # Steer by the float pixels, judge by the file: gradients through JPEG's rounding point the
@@ -274,6 +278,9 @@ def protect_image(
         # Measuring it costs ~40 % of a step; what the JPEG adds changes slowly, so it is measured
         # every JUDGE_EVERY steps and whenever the float pixels say the run could stop.
         judged = m
+        if settings.feature_dropout and codec is None:  # the ghosts' distances steer; only the model itself judges
+            with torch.no_grad():
+                judged = ev.measure(scene, draws, aligns, whole_lpips=need_detail)
         if codec is not None:
             could_stop = all(v <= b - e for v, b, e in zip(lp_float, budgets, excess)) and \
                 all(bool(m["targets"][t.name][2].all()) for t in active)
@@ -296,7 +303,11 @@ def protect_image(
                 stopped_early = bool(active) and step < settings.steps
                 steps_run = step
                 break
-        done = judged if judged is not None else m
+        if judged is not None:
+            last_judged = judged
+        # Between judgements a ghost's distances are noisier than the model's (and further from the
+        # original), so which rows still need a push is taken from the last judgement.
+        done = judged if judged is not None else (last_judged if settings.feature_dropout else m)
         # Only terms that can move enter the loss: a row past its goal or an LPIPS under its budget
         # has zero gradient, and leaving it out spares its model's backward pass.
         pushing = [t for t in active if not bool(done["targets"][t.name][2].all()) and weights[t.name] > 0]

@@ -100,6 +100,11 @@ class EngineSettings:
     #: MobileFace furthest of 0.08, 0.15 and 0.25 (0.25 made dlib itself hard to reach; README).
     align_samples: int = 0
     align_jitter: float = 0.15
+    #: Surrogate augmentation (ghost networks, ``engine/ghosts.py``): while optimizing, each unit of every
+    #: convolution's output in the target models is dropped with this probability, afresh each step, so
+    #: the perturbation cannot lean on one network's exact features. The models judge without it. At 0.01
+    #: a clean face's own distance under the erosion is about a fifth of each model's threshold.
+    feature_dropout: float = 0.0
     #: The optimizer stops once each distance is this fraction past its goal: the full-resolution
     #: render and the 8-bit write each move a distance by up to about 1 % (measured on the shared
     #: faces), and the report judges the written file against the goal itself.
@@ -115,6 +120,8 @@ class EngineSettings:
     siglip_model: str = "google/siglip-base-patch16-384"
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.feature_dropout < 1.0:
+            raise ValueError(f"feature_dropout must be in [0, 1), got {self.feature_dropout!r}")
         if self.balance not in BALANCES:
             raise ValueError(f"balance must be one of {', '.join(map(repr, BALANCES))}, got {self.balance!r}")
         for name, weight in self.target_weights:
