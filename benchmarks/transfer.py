@@ -119,17 +119,22 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a lever: override an EngineSettings field in every configuration (repeatable); "
                              "the rows are labelled with it")
-    parser.add_argument("--merge", metavar="A,B", help="write one table and plot from earlier results (names in "
-                                                          "benchmarks/results) instead of measuring")
+    parser.add_argument("--merge", metavar="A,B[:LABEL]", help="write one table and plot from earlier results (names in "
+                                                                  "benchmarks/results) instead of measuring; NAME:LABEL "
+                                                                  "labels that run's rows as a lever of their own (two "
+                                                                  "revisions of a preset are two points)")
     args = parser.parse_args()
     if args.merge:
         import json
 
-        parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.merge.split(",")]
+        parts, rows = [], []
+        for item in args.merge.split(","):
+            n, _, label = item.partition(":")
+            parts.append(json.loads((RESULTS / f"{n}.json").read_text()))
+            rows += [labelled(r, label) for r in parts[-1]["rows"]]
         if len({tuple(d["photos"]) for d in parts}) != 1:
             raise SystemExit("--merge: the results were measured on different photos")
-        report(args.name, [r for d in parts for r in d["rows"]], parts[0]["photos"], args.per_person,
-               [d["revision"] for d in parts])
+        report(args.name, rows, parts[0]["photos"], args.per_person, [d["revision"] for d in parts])
         return
     photos = per_person(args.per_person)
     judges = ",".join(f for f in FAMILIES if f != "face")  # dlib's own pipeline judges every run anyway
@@ -164,6 +169,14 @@ def main() -> None:
                   + f"; face LPIPS native median {row['median_face_lpips_native']:.4f}; "
                   f"{row['median_seconds']} s/photo", flush=True)
     report(args.name, rows, photos, args.per_person, revisions=[r["revision"] for r in rows])
+
+
+def labelled(row: dict, label: str) -> dict:
+    """``row`` with ``label`` added to its lever (its configuration's text after the first comma)."""
+    if not label:
+        return row
+    config, sep, lever = row["config"].partition(", ")
+    return {**row, "config": f"{config}, {label}" + (f" {lever}" if sep else "")}
 
 
 def setting(row: dict) -> str:

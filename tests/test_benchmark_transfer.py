@@ -36,3 +36,13 @@ def test_each_lever_gets_its_own_leave_one_out_mean(tmp_path, monkeypatch):
     assert summary["panic"]["leave_one_out_mean"] == 0.425 and summary["panic"]["configs"] == 4
     assert summary["panic, balance=shortfall"]["leave_one_out_mean"] == 0.0
     assert plotted == [(9, "t_frontier.png")]
+
+
+def test_a_merged_run_labelled_is_a_lever_of_its_own():
+    """Two revisions of a preset merged with labels are two points, each lever kept after the label."""
+    plain = _row("panic", "without dlib", 0.8)
+    lever = _row("panic", "without dlib, feature_dropout=0.01", 0.9)
+    assert transfer.setting(transfer.labelled(plain, "eyes guarded")) == "panic, eyes guarded"
+    assert transfer.setting(transfer.labelled(lever, "eyes guarded")) == "panic, eyes guarded feature_dropout=0.01"
+    assert transfer.labelled(plain, "") is plain
+    assert transfer.labelled(plain, "x")["config"].startswith("without dlib")  # still a leave-one-out run
