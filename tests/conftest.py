@@ -29,6 +29,23 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def downscaled_face(*parts: str, size: int = 420):
+    """A real photo of one face under ../shared/data, downscaled to ``size`` px so an optimizer run costs
+    seconds: ((1, 3, H, W) in [0, 1], the faces dlib finds on it)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ghostmesh_daemon.faces import detect_faces
+
+    im = Image.open(shared_data(*parts)).convert("RGB")
+    im.thumbnail((size, size))
+    rgb = np.asarray(im).copy()
+    faces = detect_faces(rgb)
+    assert len(faces) == 1
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, faces
+
+
 def run_cli(*argv: str) -> tuple[int, str, str]:
     """``ghostmesh ARGV...`` in this process: (exit status, stdout, stderr)."""
     import io

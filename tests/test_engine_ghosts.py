@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ghostmesh_daemon.engine import protect_image, settings_for
 from ghostmesh_daemon.engine.ghosts import FeatureDropout
 from ghostmesh_daemon.engine.optimize import Evaluator, plan_views
 from ghostmesh_daemon.engine.synthesis import clean_view
-from ghostmesh_daemon.faces import detect_faces
 
-from conftest import shared_data
+from conftest import downscaled_face
 
 
 @pytest.fixture(scope="module")
 def small_face():
-    im = Image.open(shared_data("faces", "obama", "obama3.jpg")).convert("RGB")
-    im.thumbnail((400, 400))
-    rgb = np.asarray(im).copy()
-    faces = detect_faces(rgb)
-    assert len(faces) == 1
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, faces
+    return downscaled_face("faces", "obama", "obama3.jpg", size=400)
 
 
 def test_every_convolution_drops_its_share_and_nothing_else_changes() -> None:

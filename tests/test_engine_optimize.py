@@ -11,18 +11,12 @@ from ghostmesh_daemon.engine import evaluate, protect_image, settings_for
 from ghostmesh_daemon.engine.perception import FaceRegion, rgb_limit
 from ghostmesh_daemon.faces import detect_faces
 
-from conftest import shared_data
+from conftest import downscaled_face, shared_data
 
 
 @pytest.fixture(scope="module")
 def small_face():
-    """A real face photo, downscaled so a test run costs seconds."""
-    im = Image.open(shared_data("faces", "biden", "biden.jpg")).convert("RGB")
-    im.thumbnail((420, 420))
-    rgb = np.asarray(im).copy()
-    faces = detect_faces(rgb)
-    assert len(faces) == 1
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, faces
+    return downscaled_face("faces", "biden", "biden.jpg")
 
 
 def test_protection_moves_the_face_away_within_budget(small_face, face_target, lpips_model):
