@@ -54,11 +54,20 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
 
 
-def git_rev() -> str:
+def _head() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
         return "?"
+
+
+#: The revision checked out when this process started: the code a run measures is the code it imported,
+#: and a benchmark of an hour outlives commits made meanwhile (HEAD read at the end named those).
+_STARTED_AT = _head()
+
+
+def git_rev() -> str:
+    return _STARTED_AT
 
 
 def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
