@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -163,12 +164,14 @@ def test_backfill_protects_a_library_and_a_second_run_redoes_nothing(ray_address
 def test_bytes_transfer_writes_the_copy_on_the_driver(ray_address, small_faces, tmp_path):
     lib = make_library(tmp_path, {"obama.jpg": small_faces["obama.jpg"]})
     report = tmp_path / "report.json"
+    scratch_before = set(Path(tempfile.gettempdir()).glob("ghostmesh-batch-*"))
     code, out, err = run_cli("backfill", str(lib), "--cluster", ray_address, "--workers", "1", "--transfer", "bytes",
                              "--ledger", str(tmp_path / "l.sqlite3"), "--report", str(report), *CHEAP)
     [entry] = json.loads(report.read_text())
     assert entry["status"] == "weak" and entry["input"] == str(lib / "obama.jpg"), err
     assert entry["output"] == str(lib / "obama.ghost.jpg")
     assert "ghostmesh-batch-" not in report.read_text()  # no worker scratch path leaks into the report
+    assert set(Path(tempfile.gettempdir()).glob("ghostmesh-batch-*")) <= scratch_before  # nor a folder in /tmp
     assert_decodes_completely(lib / "obama.jpg", lib / "obama.ghost.jpg")
     assert_no_temporaries(lib)
 

@@ -142,6 +142,8 @@ class BatchWorker:
             return self._outcome("bytes", entry, output=output)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the actor's own folder too: nothing left in the temp dir
+                self.scratch.rmdir()
 
     def _common(self) -> dict:
         p, s = self.protector, self.protector.settings
