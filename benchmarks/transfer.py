@@ -168,7 +168,9 @@ def main() -> None:
             print(f"{preset} {label}: " + ", ".join(f"{LABEL[f]} {pct(*r[f])}" for f in FAMILIES)
                   + f"; face LPIPS native median {row['median_face_lpips_native']:.4f}; "
                   f"{row['median_seconds']} s/photo", flush=True)
-    report(args.name, rows, photos, args.per_person, revisions=[r["revision"] for r in rows])
+            # After every configuration: a run takes about an hour on two cores, and one cut short
+            # keeps what it measured.
+            report(args.name, rows, photos, args.per_person, revisions=[r["revision"] for r in rows])
 
 
 def labelled(row: dict, label: str) -> dict:
