@@ -140,6 +140,10 @@ def jpeg_round_trip(x: Tensor, codec: JpegCodec, origin: tuple[int, int] = (0, 0
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """``x`` blurred by one Gaussian of ``sigma`` pixels, edges replicated. Separable taps, because
+    its callers blur by a pixel or two (an upload's softening, the grain's high-pass, a view's coarse
+    luma) where a few taps are cheaper than the two FFTs of :func:`gaussian_blur_channels`, which
+    serves the wide, per-band blurs."""
     if sigma <= 0.05:
         return x
     radius = max(1, math.ceil(2.5 * sigma))

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from . import eot
-from .ghosts import FeatureDropout
 from .geometry import bounding_box, check_image, fit_within
+from .ghosts import FeatureDropout
 from .losses import ReferenceLPIPS, draw_view, hinge, identity_term, tiled_lpips
 from .perception import shape_for
 from .scene import Face, FaceView, Scene, ViewGeometry

@@ -93,6 +93,11 @@ def smoothstep(t: Tensor) -> Tensor:
     return t * t * (3 - 2 * t)
 
 
+def fade(distance: Tensor, inner: float, outer: float) -> Tensor:
+    """1 up to ``inner``, easing to exactly 0 at ``outer``: the one shape of every region's edge."""
+    return smoothstep((outer - distance) / (outer - inner))
+
+
 @dataclass(frozen=True)
 class FaceRegion:
     """One face's disc in its chip's own coordinates (a similarity of the photo, so a disc there is a
@@ -127,7 +132,7 @@ class FaceRegion:
         return ((self._chip(pixels) - self.centre) / self.half).norm(dim=-1)
 
     def mask(self, pixels: Tensor, inner: float, outer: float) -> Tensor:
-        return smoothstep((outer - self.radius(pixels)) / (outer - inner))
+        return fade(self.radius(pixels), inner, outer)
 
     def eye_mask(self, pixels: Tensor, inner: float, outer: float) -> Tensor:
         """1 within ``inner`` eye widths of either eye's centre, easing to 0 at ``outer``."""
@@ -135,7 +140,7 @@ class FaceRegion:
         out = torch.zeros(pixels.shape[:-1], dtype=pixels.dtype, device=pixels.device)
         for cx, cy, width in self.eyes:
             d = (chip - torch.tensor([cx, cy], dtype=chip.dtype, device=chip.device)).norm(dim=-1) / width
-            out = torch.maximum(out, smoothstep((outer - d) / (outer - inner)))
+            out = torch.maximum(out, fade(d, inner, outer))
         return out
 
 
