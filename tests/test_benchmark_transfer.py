@@ -38,6 +38,18 @@ def test_each_lever_gets_its_own_leave_one_out_mean(tmp_path, monkeypatch):
     assert plotted == [(9, "t_frontier.png")]
 
 
+def test_a_run_that_held_no_model_out_draws_no_empty_plot(tmp_path, monkeypatch):
+    """An all-four run alone (or one cut short after it) has no held-out point to plot."""
+    written = {}
+    monkeypatch.setattr(transfer, "write_results", lambda name, data, md: written.update({name: md}))
+    plotted = []
+    monkeypatch.setattr(transfer, "frontier_plot", lambda rows, dest: plotted.append(dest.name))
+    transfer.report("t", [_row("panic", "all four", None)], ["a/b.jpg"], 1)
+    assert plotted == [] and "No frontier plot" in written["t"]
+    transfer.report("t", [_row("panic", "all four", None), _row("panic", "without dlib", 0.1)], ["a/b.jpg"], 1)
+    assert plotted == ["t_frontier.png"] and "Frontier plot: t_frontier.png" in written["t"]
+
+
 def test_a_merged_run_labelled_is_a_lever_of_its_own():
     """Two revisions of a preset merged with labels are two points, each lever kept after the label."""
     plain = _row("panic", "without dlib", 0.8)
