@@ -96,7 +96,7 @@ def frontier_plot(rows: list[dict], dest: Path) -> None:
         pts = [r for r in rows if r["preset"] == preset and r["held_out_rate"] is not None]
         ax.scatter([r["median_face_lpips_native"] for r in pts], [100 * r["held_out_rate"] for r in pts],
                    marker=marker, s=12, alpha=0.35, color="grey")
-    colours = plt.get_cmap("tab20").colors
+    colours = plt.get_cmap("tab20").colors  # its ten dark shades first, then the ten light ones
     for i, ((preset, label, kind), rs) in enumerate(sorted(groups.items())):
         x = statistics.mean(r["median_face_lpips_native"] for r in rs)
         y = 100 * statistics.mean(r["held_out_rate"] for r in rs)
