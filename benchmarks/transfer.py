@@ -96,11 +96,11 @@ def frontier_plot(rows: list[dict], dest: Path) -> None:
         pts = [r for r in rows if r["preset"] == preset and r["held_out_rate"] is not None]
         ax.scatter([r["median_face_lpips_native"] for r in pts], [100 * r["held_out_rate"] for r in pts],
                    marker=marker, s=12, alpha=0.35, color="grey")
-    colours = plt.get_cmap("tab20").colors  # its ten dark shades first, then the ten light ones
+    colours = plt.get_cmap("tab20").colors  # pairs (dark, light): the ten dark shades first, then the light
     for i, ((preset, label, kind), rs) in enumerate(sorted(groups.items())):
         x = statistics.mean(r["median_face_lpips_native"] for r in rs)
         y = 100 * statistics.mean(r["held_out_rate"] for r in rs)
-        ax.scatter([x], [y], marker="o" if preset == "stealth" else "s", s=60, color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
+        ax.scatter([x], [y], marker="o" if preset == "stealth" else "s", s=60, color=colours[(2 * i + i // 10) % 20],
                    edgecolors="black", linewidths=0.4, label=textwrap.shorten(f"{label}: {kind} (mean of {len(rs)})", 150))
     ax.axvline(0.03, color="grey", lw=0.8, ls="--")
     ax.text(0.0302, 2, "stealth budget (median 0.03)", fontsize=7, color="grey")
